@@ -1,0 +1,77 @@
+# coati_nb — the two README commands are `make demo` and `make test`; both set everything up.
+# Variables you may override:  make test PYTHON=python3.12   make demo TORCH_SPEC="torch==2.5.1" TORCH_INDEX="--index-url https://download.pytorch.org/whl/cu121"
+PYTHON      ?= python3
+VENV        ?= .venv
+TORCH_SPEC  ?= torch==2.13.0
+TORCH_INDEX ?=
+DEMO_OUT    ?= runs/demo
+NB          ?= nbs/00_utils.ipynb
+# nbdev_test flags: CI (and `make test-slow`) also runs the cells marked `#| slow`
+TEST_FLAGS  ?= $(if $(CI),--flags slow,)
+
+PY    := $(VENV)/bin/python
+BIN   := $(VENV)/bin
+STAMP := $(VENV)/.coati_nb-installed
+
+.PHONY: install test demo sync-check nbtest pytest test-slow nb-one hooks export readme lab clean
+
+$(STAMP): settings.ini setup.py
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# torch first, from the build you chose (CPU wheel by default), so the ranges below add nothing
+	$(PY) -m pip install -q "$(TORCH_SPEC)" $(TORCH_INDEX)
+	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip check
+	@touch $@
+
+install: $(STAMP)
+
+## The tests: sync check, every notebook's tests, then pytest
+test: $(STAMP)
+	$(MAKE) sync-check
+	$(MAKE) nbtest
+	$(MAKE) pytest
+
+## coati_nb/ must be exactly what nbdev_export makes, and notebooks must be clean
+sync-check: $(STAMP)
+	@rm -rf .sync && mkdir -p .sync && cp -r coati_nb nbs .sync/
+	@$(BIN)/nbdev_export
+	@$(BIN)/nbdev_clean
+	@diff -r -x __pycache__ -x .ipynb_checkpoints .sync/coati_nb coati_nb || (echo "coati_nb/ was out of date with nbs/: run nbdev_export and commit"; exit 1)
+	@diff -r -x __pycache__ -x .ipynb_checkpoints -q .sync/nbs nbs || (echo "a notebook was not clean: run nbdev_clean and commit"; exit 1)
+	@rm -rf .sync
+	@echo "sync-check: coati_nb/ matches nbs/, notebooks are clean"
+
+nbtest: $(STAMP)
+	$(BIN)/nbdev_test --n_workers 2 --timing $(TEST_FLAGS)
+
+pytest: $(STAMP)
+	$(BIN)/pytest -q tests
+
+test-slow: $(STAMP)
+	$(BIN)/nbdev_test --n_workers 2 --flags slow
+
+## One notebook's tests:  make nb-one NB=nbs/01_lora.ipynb
+nb-one: $(STAMP)
+	$(BIN)/nbdev_test --path $(NB) $(TEST_FLAGS)
+
+## The main job
+demo: $(STAMP)
+	$(BIN)/coati_nb_lora_demo --out $(DEMO_OUT)
+
+## Contributor habits
+hooks: $(STAMP)
+	$(BIN)/nbdev_install_hooks
+
+export: $(STAMP)
+	$(BIN)/nbdev_export
+	$(BIN)/nbdev_clean
+
+readme:
+	$(PYTHON) tests/readme_sync.py
+
+lab: $(STAMP)
+	$(BIN)/jupyter lab nbs
+
+clean:
+	rm -rf .sync runs _proc _docs build *.egg-info
