@@ -34,6 +34,7 @@ test: $(STAMP)
 
 ## coati_nb/ must be exactly what nbdev_export makes, and notebooks must be clean
 sync-check: $(STAMP)
+	@$(PY) tests/nb_ids.py --check
 	@rm -rf .sync && mkdir -p .sync && cp -r coati_nb nbs .sync/
 	@$(BIN)/nbdev_export
 	@$(BIN)/nbdev_clean
@@ -64,6 +65,7 @@ hooks: $(STAMP)
 	$(BIN)/nbdev_install_hooks
 
 export: $(STAMP)
+	$(PY) tests/nb_ids.py
 	$(BIN)/nbdev_export
 	$(BIN)/nbdev_clean
 
