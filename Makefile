@@ -58,7 +58,7 @@ nb-one: $(STAMP)
 
 ## The main job
 demo: $(STAMP)
-	$(BIN)/coati_nb_lora_demo --out $(DEMO_OUT)
+	$(BIN)/coati_nb_pipeline --out $(DEMO_OUT)
 
 ## Contributor habits
 hooks: $(STAMP)

@@ -4,7 +4,7 @@
 
 # %% ../../nbs/11_ppo.ipynb #9db3c0d1
 from __future__ import annotations
-import os, random
+import json, os, random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -16,7 +16,7 @@ from ..experience_maker import Experience, NaiveExperienceMaker
 from ..loss import GPTLMLoss, PolicyLoss, ValueLoss
 from ..replay_buffer import NaiveReplayBuffer
 from .base import Callback, MetricsLogger, latest_checkpoint, load_checkpoint, save_checkpoint
-from ..utils import is_rank_0
+from ..utils import atomic_write, is_rank_0
 
 # %% auto #0
 __all__ = ['DataStream', 'PPOTrainer', 'training_step', 'fit']
@@ -131,7 +131,7 @@ class PPOTrainer:
         self.critic_loss_fn = ValueLoss(value_clip, use_action_mask=value_loss_use_action_mask)
         self.ptx_loss_fn = GPTLMLoss()
         self.callbacks = list(callbacks)
-        self.logger = MetricsLogger(metrics_path)
+        self.metrics_path, self.logger = metrics_path, MetricsLogger(None)   # the file is opened by `fit` (fresh, or resumed)
         self.ckpt_dir, self.save_interval = (Path(ckpt_dir) if ckpt_dir else None), save_interval
         self.global_step = self.update_step = 0
         self.should_stop, self.extra_metrics = False, {}
@@ -207,7 +207,12 @@ def _learn(self) -> dict:
 
 PPOTrainer._learn = _learn
 
-# %% ../../nbs/11_ppo.ipynb #ed65c2f5
+# %% ../../nbs/11_ppo.ipynb #6e78612a
+def _record_step(line: str) -> int|None:
+    "The step of one metrics line; None for a torn line (the process was killed while writing it)."
+    try: return int(json.loads(line)['step'])
+    except (ValueError, KeyError, TypeError): return None
+
 def _checkpoint(self, episode: int, timestep: int):
     if self.ckpt_dir is None: return
     state = {'update_step': self.update_step, 'episode': episode, 'timestep': timestep,
@@ -243,7 +248,12 @@ def fit(self,
     self._prompts = DataStream(prompt_dataloader)
     self._ptx = DataStream(pretrain_dataloader, self.ptx_stream) if pretrain_dataloader is not None and self.ptx_coef > 0 else None
     start_ep, start_t = self._resume() if resume else (0, 0)
-    if resume: self.logger = MetricsLogger(self.logger.path, resume=True)
+    if resume and self.metrics_path and Path(self.metrics_path).is_file() and is_rank_0():
+        # drop records logged after the checkpoint we resume from (the run died before saving them)
+        keep = [l for l in Path(self.metrics_path).read_text(encoding='utf-8').splitlines()
+                if l.strip() and _record_step(l) is not None and _record_step(l) <= self.update_step]
+        with atomic_write(Path(self.metrics_path)) as p: p.write_text(''.join(l + '\n' for l in keep), encoding='utf-8')
+    self.logger = MetricsLogger(self.metrics_path, resume=resume)
     from tqdm.auto import tqdm
     total = num_episodes * max_timesteps
     bar = tqdm(total=total, initial=start_ep * max_timesteps + start_t, desc='PPO', disable=not is_rank_0(), dynamic_ncols=True)

@@ -1,0 +1,100 @@
+"""The console scripts end to end on the bundled data and a tiny model: under torchrun with 2 gloo processes
+(`--strategy ddp`), a PPO run killed with SIGKILL and continued with `--resume`, and a checkpoint write that fails
+(disk full) without harming the last good checkpoint."""
+import json, os, signal, socket, subprocess, sys, time
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+TINY = ['--max_len', '64', '--batch_size', '8', '--log_interval', '1']
+ENV = {**os.environ, 'OMP_NUM_THREADS': '1', 'TOKENIZERS_PARALLELISM': 'false'}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0)); return s.getsockname()[1]
+
+
+def _run(args, timeout=600, **kw):
+    proc = subprocess.run([str(a) for a in args], capture_output=True, text=True, timeout=timeout, env=ENV, **kw)
+    assert proc.returncode == 0, f"{args[0]} failed ({proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
+    return proc
+
+
+def _torchrun(script, *args):
+    return _run([sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node=2', '--master_addr', '127.0.0.1',
+                 '--master_port', _free_port(), BIN/script, *args])
+
+
+def _metrics(path):
+    return [json.loads(l) for l in Path(path).read_text().splitlines() if l.strip()]
+
+
+@pytest.fixture(scope='module')
+def stages(tmp_path_factory):
+    "SFT then RM with the console scripts, one process each; their folders feed the later tests."
+    d = tmp_path_factory.mktemp('stages')
+    _run([BIN/'coati_nb_train_sft', '--save_path', d/'sft', '--max_datasets_size', '64', '--lr', '1e-3', *TINY])
+    _run([BIN/'coati_nb_train_rm', '--pretrain', d/'sft', '--save_path', d/'rm', '--test', 'True', '--lr', '1e-4', *TINY])
+    return d
+
+
+def _ppo_args(d, save, episodes=1, timesteps=2):
+    return ['--pretrain', d/'sft', '--rm_pretrain', d/'rm', '--save_path', save, '--num_episodes', episodes,
+            '--max_timesteps', timesteps, '--update_timesteps', '1', '--experience_batch_size', '4', '--train_batch_size', '4',
+            '--ptx_batch_size', '4', '--max_new_tokens', '6', '--max_datasets_size', '16', '--lr', '1e-5', *TINY]
+
+
+def test_every_script_under_torchrun_ddp(stages, tmp_path):
+    d = stages
+    _torchrun('coati_nb_train_sft', '--strategy', 'ddp', '--pretrain', d/'sft', '--save_path', tmp_path/'sft',
+              '--max_datasets_size', '32', '--accumulation_steps', '1', *TINY)
+    _torchrun('coati_nb_train_rm', '--strategy', 'ddp', '--pretrain', d/'sft', '--save_path', tmp_path/'rm', '--test', 'True', *TINY)
+    _torchrun('coati_nb_train_prompts', '--strategy', 'ddp', *_ppo_args(d, tmp_path/'ppo'))
+    for stage in ('sft', 'rm', 'ppo'): assert (tmp_path/stage/'model.safetensors').is_file(), stage
+    # 32 samples / (2 ranks × batch 8) = 2 optimizer steps per epoch: each rank saw half of the data
+    assert [r['step'] for r in _metrics(tmp_path/'sft'/'metrics.jsonl')] == [1, 2]
+    assert len(_metrics(tmp_path/'ppo'/'metrics.jsonl')) == 2
+
+
+def test_ppo_resumes_after_sigkill(stages, tmp_path):
+    d, save = stages, tmp_path/'ppo'
+    args = [BIN/'coati_nb_train_prompts', *_ppo_args(d, save, episodes=2, timesteps=4), '--save_interval', '1']
+    proc = subprocess.Popen([str(a) for a in args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=ENV)
+    deadline = time.time() + 300
+    while not (save/'checkpoints'/'step-2').is_dir():          # wait for the second checkpoint, then kill mid-run
+        assert proc.poll() is None, f"PPO ended before it could be killed: {proc.stderr.read()[-3000:]}"
+        assert time.time() < deadline, 'no checkpoint appeared'
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL); proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert not (save/'model.safetensors').exists()               # it really did not finish
+    out = _run([*args, '--resume'])
+    assert 'PPO: 8 updates' in out.stdout, out.stdout
+    assert (save/'model.safetensors').is_file()
+    steps = [r['step'] for r in _metrics(save/'metrics.jsonl')]
+    assert steps[-1] == 8 and set(steps) == set(range(1, 9))
+
+
+def test_failed_checkpoint_write_keeps_the_last_good_one(tmp_path, monkeypatch):
+    import coati_nb.trainer.base as base
+    model = torch.nn.Linear(3, 2)
+    base.save_checkpoint(tmp_path, 1, {'m': model})
+    good = (tmp_path/'step-1'/'m.safetensors').read_bytes()
+    def disk_full(*a, **k): raise OSError(28, 'No space left on device')
+    monkeypatch.setattr(base, '_st_save_model', disk_full)
+    with torch.no_grad(): model.weight.add_(1.0)
+    with pytest.raises(OSError, match='No space left on device'):
+        base.save_checkpoint(tmp_path, 2, {'m': model})
+    assert base.latest_checkpoint(tmp_path) == tmp_path/'step-1'
+    assert (tmp_path/'step-1'/'m.safetensors').read_bytes() == good
+    assert not (tmp_path/'step-2').exists() and not list(tmp_path.glob('.tmp-*'))
+
+
+def test_unwritable_save_path_is_refused_before_training(tmp_path):
+    blocker = tmp_path/'file'; blocker.write_text('x')
+    proc = subprocess.run([str(BIN/'coati_nb_train_prompts'), '--save_path', str(blocker/'out')], capture_output=True, text=True, env=ENV)
+    assert proc.returncode != 0 and 'is not writable' in proc.stderr, proc.stderr
