@@ -1,0 +1,314 @@
+"""The chat server and the terminal chat end to end: the real `serve_cli` in a subprocess on a free loopback port,
+talked to with the `openai` client (plain and streamed) and plain HTTP (httpx): bad requests get a 4xx with a message,
+the K running + Q waiting limit answers 429 beyond that, disconnects and timeouts free the generation slot, the SSE
+wire format is right; `chat_cli` driven through stdin; the web page driven in headless Debian chromium by playwright.
+The models are tiny random LLaMAs with the bundled tokenizer, saved with save_pretrained into a temporary folder."""
+import json, os, queue, shutil, subprocess, sys, threading, time
+from pathlib import Path
+
+import httpx
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+CHROMIUM = '/usr/bin/chromium'
+CHROMIUM_ARGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking',
+                 '--disable-component-update', '--disable-sync', '--no-first-run']
+ENV = {**os.environ, 'PYTHONIOENCODING': 'utf-8', 'HF_HUB_OFFLINE': '1', 'TRANSFORMERS_OFFLINE': '1'}
+USER = [{'role': 'user', 'content': '你好，请数到一百。'}]
+
+
+class Server:
+    "`serve_cli` in a subprocess on a free port (--port 0); the address is read from the line it prints."
+    def __init__(self, *args):
+        self.proc = subprocess.Popen([sys.executable, '-c', 'from coati_nb.inference import serve_cli; serve_cli()',
+                                      *args, '--port', '0'], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     text=True, encoding='utf-8', env=ENV, cwd=ROOT)
+        self.lines, self.stderr, self.url = queue.Queue(), [], None
+        threading.Thread(target=lambda: [self.lines.put(l) for l in self.proc.stdout], daemon=True).start()
+        threading.Thread(target=lambda: [self.stderr.append(l) for l in self.proc.stderr], daemon=True).start()
+
+    def ready(self, startup=120) -> 'Server':
+        "Wait for the 'serving ... on URL' line (servers start in parallel, so this is where the time goes)."
+        if self.url: return self
+        try: first = self.lines.get(timeout=startup)
+        except queue.Empty: first = ''
+        if 'serving' not in first:
+            self.stop()
+            raise RuntimeError(f"the server did not start: {first!r}\n{''.join(self.stderr)}")
+        self.url = first.split(' on ')[-1].strip()
+        self.http = httpx.Client(base_url=self.url, timeout=30)
+        return self
+
+    def health(self) -> dict: return self.http.get('/health').json()
+
+    def wait_idle(self, within: float) -> dict:
+        "Poll /health until nothing runs or waits; return the last answer."
+        end = time.monotonic() + within
+        while True:
+            h = self.health()
+            if (h['running'], h['waiting']) == (0, 0) or time.monotonic() > end: return h
+            time.sleep(0.05)
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try: self.proc.wait(10)
+            except subprocess.TimeoutExpired: self.proc.kill(); self.proc.wait()
+
+
+def _save_tiny(folder: Path, max_positions: int) -> Path:
+    from coati_nb.inference import tiny_chat_model
+    model, tok = tiny_chat_model(max_positions=max_positions)
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope='module')
+def model_dir(tmp_path_factory):
+    return _save_tiny(tmp_path_factory.mktemp('tiny') / 'actor', 4096)
+
+
+@pytest.fixture(scope='module')
+def servers(model_dir):
+    "The three servers of this module, started at once: the main one, one with a 1 s timeout, the built-in model."
+    started = {'main': Server(str(model_dir), '--max_new_tokens', '1000', '--max_prompt_tokens', '256', '--max_running', '1',
+                              '--max_waiting', '1', '--max_body_bytes', '8192', '--timeout', '30', '--model_name', 'tiny-test'),
+               'timeout': Server(str(model_dir), '--timeout', '1', '--max_new_tokens', '3000')}
+    if Path(CHROMIUM).is_file(): started['builtin'] = Server('--max_new_tokens', '60')
+    yield started
+    for s in started.values(): s.stop()
+
+
+@pytest.fixture(scope='module')
+def server(servers): return servers['main'].ready()
+
+
+@pytest.fixture(scope='module')
+def oai(server):
+    openai = pytest.importorskip('openai')
+    return openai.OpenAI(base_url=server.url + '/v1', api_key='unused', max_retries=0, timeout=30)
+
+
+def test_binds_loopback_by_default(server):
+    assert server.url.startswith('http://127.0.0.1:'), server.url
+    assert server.health()['max_running'] == 1
+
+
+# --- the openai client ---------------------------------------------------------------------------------------------
+
+def test_openai_models(oai):
+    assert [m.id for m in oai.models.list().data] == ['tiny-test']
+
+
+def test_openai_plain_and_streamed_agree(oai):
+    from coati_nb.tokenizer import load_tokenizer
+    from coati_nb.toy_task import format_prompt
+    kw = dict(model='tiny-test', messages=USER, max_tokens=12, seed=11, temperature=0.8)
+    r = oai.chat.completions.create(**kw)
+    answer, choice = r.choices[0].message.content, r.choices[0]
+    assert isinstance(answer, str) and answer and choice.message.role == 'assistant'
+    assert choice.finish_reason in ('stop', 'length') and 1 <= r.usage.completion_tokens <= 12
+    assert r.usage.prompt_tokens == len(load_tokenizer()(format_prompt(USER[0]['content']))['input_ids'])
+    chunks = list(oai.chat.completions.create(**kw, stream=True))
+    assert chunks[0].choices[0].delta.role == 'assistant'
+    assert ''.join(c.choices[0].delta.content or '' for c in chunks) == answer     # same seed, same answer
+    assert chunks[-1].choices[0].finish_reason == choice.finish_reason
+    assert len({c.id for c in chunks}) == 1 and all(c.object == 'chat.completion.chunk' for c in chunks)
+
+
+def test_openai_errors(oai):
+    import openai
+    with pytest.raises(openai.BadRequestError, match="above this server's cap of 1000"):
+        oai.chat.completions.create(model='tiny-test', messages=USER, max_tokens=1001)
+    with pytest.raises(openai.NotFoundError, match='is not served here'):
+        oai.chat.completions.create(model='/etc/passwd', messages=USER, max_tokens=2)
+
+
+# --- plain HTTP ----------------------------------------------------------------------------------------------------
+
+def test_sse_wire_format(server):
+    body = {'messages': USER, 'max_tokens': 6, 'stream': True, 'stream_options': {'include_usage': True}}
+    with server.http.stream('POST', '/v1/chat/completions', json=body) as r:
+        assert r.status_code == 200 and r.headers['content-type'].startswith('text/event-stream')
+        raw = r.read().decode('utf-8')
+    assert raw.endswith('data: [DONE]\n\n')
+    events = raw[:-2].split('\n\n')
+    assert all(line.startswith('data: ') for e in events for line in e.split('\n')), raw
+    chunks = [json.loads(e[len('data: '):]) for e in events[:-1]]
+    assert chunks[-1]['choices'] == [] and chunks[-1]['usage']['completion_tokens'] <= 6
+    assert chunks[-2]['choices'][0]['finish_reason'] in ('stop', 'length')
+    assert all(set(c['choices'][0]['delta']) <= {'role', 'content'} for c in chunks[:-1])
+
+
+def test_colossalchat_endpoints(server):
+    from coati_nb.inference import iter_sse
+    hist = {'max_new_tokens': 8, 'temperature': 0.0,
+            'history': [{'instruction': 'Add 3 and 15.', 'response': '18'}, {'instruction': '再加 2 呢？', 'response': ''}]}
+    r = server.http.post('/generate', json=hist)
+    assert r.status_code == 200 and isinstance(r.json(), str)
+    with server.http.stream('POST', '/generate/stream', json=hist) as s:
+        events = list(iter_sse(s.iter_lines()))
+    assert events[-1] == {'event': 'end', 'data': ''} and {e['event'] for e in events[:-1]} <= {'generate'}
+    assert ''.join(e['data'] for e in events[:-1]) == r.json()          # greedy: the same answer both ways
+
+
+def _chunked(data: bytes, size=1000):
+    for i in range(0, len(data), size): yield data[i:i + size]
+
+BAD = [  # (request body, expected status, words the error message must contain)
+    (b'{"messages": [', 400, 'not valid JSON'),
+    (b'"just a string"', 400, 'must be a JSON object'),
+    (b'{"messages": [{"role": "user", "content": "x"}], "top_p": Infinity}', 400, 'not valid JSON'),
+    (b'\xff\xfe{}', 400, 'not valid JSON'),
+    ({}, 400, 'messages'),
+    ({'messages': 'hello'}, 400, 'messages'),
+    ({'messages': [{'role': 'user', 'content': 'x'}], 'temperature': 2.5}, 400, 'temperature'),
+    ({'messages': [{'role': 'user', 'content': 'x'}], 'top_k': -1}, 400, 'top_k'),
+    ({'messages': [{'role': 'user', 'content': 'x'}], 'max_tokens': 0}, 400, 'max_tokens'),
+    ({'messages': [{'role': 'user', 'content': 'x'}], 'max_tokens': True}, 400, 'max_tokens'),
+    ({'messages': [{'role': 'user', 'content': 'x'}], 'stream': 'yes'}, 400, 'stream'),
+    ({'messages': [{'role': 'user', 'content': 'x'}], 'n': 3}, 400, 'n=1'),
+    ({'messages': [{'role': 'user', 'content': 'x'}], 'tools': [{'type': 'function'}]}, 400, 'tools'),
+    ({'messages': [{'role': 'user', 'content': 'x'}], 'stop': ['a', 'b', 'c', 'd', 'e']}, 400, 'stop'),
+    ({'messages': [{'role': 'user', 'content': [{'type': 'image_url', 'image_url': 'file:///etc/passwd'}]}]}, 400, 'content'),
+    ({'messages': [{'role': 'assistant', 'content': 'x'}]}, 400, "role 'assistant'"),
+    ({'messages': [{'role': 'user', 'content': '很长的问题' * 200}]}, 400, 'without any history'),
+    ({'messages': [{'role': 'user', 'content': 'x' * 9000}]}, 413, 'larger than 8192 bytes'),
+]
+
+@pytest.mark.parametrize('body,status,words', BAD, ids=range(len(BAD)))
+def test_bad_request_gets_4xx(server, body, status, words):
+    kw = {'content': body, 'headers': {'content-type': 'application/json'}} if isinstance(body, bytes) else {'json': body}
+    r = server.http.post('/v1/chat/completions', **kw)
+    assert r.status_code == status, r.text
+    assert words in r.json()['error']['message'], r.json()
+
+
+def test_more_4xx(server, tmp_path):
+    http = server.http
+    big = json.dumps({'messages': [{'role': 'user', 'content': 'x' * 9000}]}).encode()
+    r = http.post('/v1/chat/completions', content=_chunked(big), headers={'content-type': 'application/json'})
+    assert r.status_code == 413 and 'larger than' in r.json()['error']['message']   # no Content-Length: counted while read
+    secret = tmp_path / 'secret.txt'
+    secret.write_text('TOP-SECRET-CONTENT')
+    r = http.post('/v1/chat/completions', json={'messages': USER, 'model': str(secret)})   # `model` is a name, never a path
+    assert r.status_code == 404 and 'TOP-SECRET' not in r.text
+    assert http.post('/generate', json={'max_new_tokens': 4, 'history': []}).status_code == 400
+    r = http.post('/generate', json={'max_new_tokens': 4, 'history': [{'instruction': 'a', 'response': 'b'}]})
+    assert r.status_code == 400 and r.json()['error']['param'] == 'history'
+    assert http.post('/generate/stream', json={'max_new_tokens': 5000, 'history': [{'instruction': 'a'}]}).status_code == 400
+    assert http.get('/v1/chat/completions').status_code == 405
+    assert http.get('/no/such/page').json()['error']['message'] == 'Not Found'
+    assert server.health()['status'] == 'ok'                                # still serving
+
+
+def test_concurrency_limit_429_and_disconnect(server):
+    "K=1 running and Q=1 waiting: a third request is refused at once; a closed stream hands its slot on and stops."
+    long = {'messages': USER, 'max_tokens': 1000, 'temperature': 0, 'stream': True}
+    got, let_b_go = {}, threading.Event()
+    def b():
+        with httpx.Client(base_url=server.url, timeout=60) as c, c.stream('POST', '/v1/chat/completions', json=long) as r:
+            got['b_status'], lines = r.status_code, r.iter_lines()     # keep the iterator: dropping it closes the stream
+            got['b_first'] = next(lines)
+            let_b_go.wait(30)
+    with httpx.Client(base_url=server.url, timeout=30) as a_http, a_http.stream('POST', '/v1/chat/completions', json=long) as a:
+        a_lines = a.iter_lines()
+        assert a.status_code == 200 and next(a_lines).startswith('data: ')    # A runs
+        tb = threading.Thread(target=b); tb.start()
+        end = time.monotonic() + 10
+        while server.health()['waiting'] != 1 and time.monotonic() < end: time.sleep(0.02)
+        h = server.health()
+        assert (h['running'], h['waiting']) == (1, 1) and 'b_status' not in got, (h, got)   # B waits in the queue
+        t0 = time.monotonic()
+        r = server.http.post('/v1/chat/completions', json={'messages': USER, 'max_tokens': 4})
+        assert r.status_code == 429 and time.monotonic() - t0 < 5, r.text          # refused at once, not queued
+        assert 'retry later' in r.json()['error']['message'] and r.headers['retry-after'] == '1'
+    end = time.monotonic() + 10                                               # A hung up mid-answer ...
+    while 'b_first' not in got and time.monotonic() < end: time.sleep(0.02)
+    h = server.health()
+    assert got.get('b_status') == 200 and got['b_first'].startswith('data: '), got   # ... so its slot went to B
+    assert (h['running'], h['waiting']) == (1, 0), h
+    let_b_go.set(); tb.join(30)
+    h = server.wait_idle(within=5)                                            # B hung up too: nothing runs
+    assert (h['running'], h['waiting']) == (0, 0), h
+
+
+def test_request_timeout(servers):
+    "A generation that outlasts --timeout is stopped: 504 for a plain request, an error event then [DONE] for a stream."
+    s = servers['timeout'].ready()
+    body = {'messages': USER, 'max_tokens': 3000, 'temperature': 0}
+    t0 = time.monotonic()
+    r = s.http.post('/v1/chat/completions', json=body)
+    assert r.status_code == 504 and r.json()['error']['code'] == 'timeout' and time.monotonic() - t0 < 10, r.text
+    with s.http.stream('POST', '/v1/chat/completions', json={**body, 'stream': True}) as st:
+        events = [l for l in st.iter_lines() if l]
+    assert events[-1] == 'data: [DONE]' and json.loads(events[-2][6:])['error']['code'] == 'timeout'
+    h = s.wait_idle(within=5)
+    assert (h['running'], h['waiting']) == (0, 0), h
+
+
+# --- the terminal chat ---------------------------------------------------------------------------------------------
+
+def test_terminal_chat(model_dir):
+    from coati_nb.inference import load_engine
+    lines = ['你好', 'Tell me more about the number seven, please.', 'and then?', 'one more question',
+             '/reset', '你好', '/exit', 'never answered']
+    p = subprocess.run([sys.executable, '-c', 'from coati_nb.inference import chat_cli; chat_cli()', str(model_dir),
+                        '--max_new_tokens', '8', '--temperature', '0', '--context_len', '140', '--stats'],
+                       input='\n'.join(lines) + '\n', capture_output=True, text=True, encoding='utf-8', env=ENV,
+                       cwd=ROOT, timeout=120)
+    assert p.returncode == 0, p.stderr
+    stats = [dict(kv.split('=') for kv in l.strip('[]').split()) for l in p.stderr.splitlines() if l.startswith('[prompt')]
+    assert len(stats) == 5, p.stderr                                          # 5 messages before /exit
+    pt = [int(s['prompt_tokens']) for s in stats]
+    assert all(n <= 140 - 8 for n in pt), pt                                  # history truncated to the context
+    assert any(int(s['dropped_turns']) > 0 for s in stats[:4]), stats         # ... by dropping old turns
+    assert pt[1] > pt[0] and pt[4] == pt[0] and stats[4]['dropped_turns'] == '0', pt   # /reset starts afresh
+    assert '(history cleared)' in p.stdout
+    first = load_engine(model_dir).chat([{'role': 'user', 'content': '你好'}], max_new_tokens=8, temperature=0)
+    assert p.stdout.startswith(first + '\n'), (first, p.stdout)              # the streamed print is the answer
+
+
+# --- the web page in a browser -------------------------------------------------------------------------------------
+
+def test_browser_chat(servers, tmp_path):
+    if not Path(CHROMIUM).is_file():
+        msg = f"{CHROMIUM} is missing: install Debian's chromium (apt-get install -y chromium)"
+        if os.environ.get('CI'): pytest.fail(msg)
+        pytest.skip(msg)
+    try: from playwright.sync_api import sync_playwright
+    except ImportError:
+        if os.environ.get('CI'): pytest.fail("playwright is missing: pip install playwright (never `playwright install`)")
+        pytest.skip('playwright is not installed')
+    s = servers['builtin'].ready()                                            # the built-in tiny model
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page()
+        bodies = []
+        page.on('request', lambda r: bodies.append(json.loads(r.post_data)) if r.url.endswith('/v1/chat/completions') else None)
+        page.goto(s.url + '/')
+        page.wait_for_function("document.getElementById('model').textContent === 'coati-nb-tiny'")
+        page.evaluate("""() => { window.__lens = [];
+            new MutationObserver(() => { const a = document.querySelector('.assistant');
+                if (a) window.__lens.push(a.textContent.length); })
+              .observe(document.getElementById('log'), {subtree: true, childList: true, characterData: true}); }""")
+        page.fill('#input', '你好，今天天气怎么样？')
+        page.press('#input', 'Enter')
+        page.wait_for_selector('.assistant[data-done="1"]', timeout=60_000)
+        answer = page.eval_on_selector('.assistant', 'e => e.textContent')
+        lens = page.evaluate('window.__lens')
+        grown = sorted({n for n in lens if n > 0})
+        assert answer.strip() and len(grown) >= 2, (answer, lens)         # the text appeared piece by piece
+        assert page.query_selector('.error') is None
+        page.fill('#input', 'and tomorrow?')
+        page.press('#input', 'Enter')
+        page.wait_for_function("document.querySelectorAll('.assistant[data-done=\"1\"]').length === 2", timeout=60_000)
+        assert [m['role'] for m in bodies[-1]['messages']] == ['user', 'assistant', 'user']   # history sent back
+        assert bodies[-1]['messages'][1]['content'] == answer and bodies[-1]['stream'] is True
+        shot = tmp_path / 'chat.png'
+        page.screenshot(path=str(shot), full_page=True)
+        assert shot.stat().st_size > 1000
+        page.click('#reset')
+        assert page.query_selector_all('.msg') == []
+        browser.close()
