@@ -133,6 +133,7 @@ def generate(model: nn.Module,              # a causal LM (transformers) or an o
              *,
              attention_mask: torch.Tensor|None = None, # (B, S0) prompt mask; inferred from leading pads if None
              max_new_tokens: int|None = None, # response length limit, instead of max_length
+             min_new_tokens: int = 0,       # EOS is forbidden before this many response tokens (HF's min_new_tokens)
              use_cache: bool = True,        # reuse keys/values (KV cache) instead of re-running the whole sequence
              return_log_probs: bool = False,# also return log-probs of the sampled tokens under the sampling distribution
              generator: torch.Generator|None = None, # random generator for sampling (None = torch's global one)
@@ -153,6 +154,7 @@ def generate(model: nn.Module,              # a causal LM (transformers) or an o
         raise ValueError(f"nothing to generate: max_length={max_length} must exceed the prompt length {S0}"
                          if max_new_tokens is None else f"max_new_tokens must be >= 1, got {max_new_tokens}")
     if do_sample: _check_temperature(temperature)
+    if not 0 <= min_new_tokens <= n_new: raise ValueError(f"min_new_tokens must be in [0, {n_new}] (the response length limit), got {min_new_tokens}")
 
     mask = _prompt_attention_mask(input_ids, attention_mask, pad_token_id)   # (B, S0)
     pass_pos, keep1 = _accepts(model, 'position_ids'), _accepts(model, 'logits_to_keep')
@@ -171,6 +173,7 @@ def generate(model: nn.Module,              # a causal LM (transformers) or an o
         out = model(**kwargs)
         if use_cache: cache = out.past_key_values
         logits = out.logits[:, -1, :].float()                                # (B, V)
+        if step < min_new_tokens and eos_token_id is not None: logits[:, eos_token_id] = float('-inf')   # too early to stop
         # 2. choose the next token
         if do_sample:
             scores = process_logits(logits, top_k, top_p, temperature)       # (B, V)

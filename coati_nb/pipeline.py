@@ -4,7 +4,7 @@
 
 # %% ../nbs/14_pipeline.ipynb #6a89303f
 from __future__ import annotations
-import copy, json, math, os, shutil, sys, time
+import copy, json, math, os, random, shutil, sys, time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -17,7 +17,7 @@ from .dataset import (DataCollatorForPreferenceDataset, DataCollatorForPromptDat
 from .models import family_class, tiny_config
 from .strategies import NaiveStrategy
 from .tokenizer import load_tokenizer
-from .toy_task import format_prompt, gold_reward_terms, toy_data_path
+from .toy_task import corrupt_response, format_prompt, gold_reward, gold_reward_terms, solve_instruction, toy_data_path
 from .trainer.base import read_metrics
 from .trainer.ppo import PPOTrainer
 from .trainer.rm import RewardModelTrainer
@@ -25,8 +25,9 @@ from .trainer.sft import SFTTrainer
 from .utils import atomic_write, count_parameters, set_seed
 
 # %% auto #0
-__all__ = ['PPO_PRESETS', 'PipelineConfig', 'TextDataset', 'tiny_llama_config', 'run_pt', 'run_sft', 'run_rm', 'answer',
-           'gold_eval', 'paired_interval', 'run_ppo', 'run_pipeline', 'run_ablation', 'plot_metrics', 'write_report']
+__all__ = ['PPO_PRESETS', 'NOISE_KINDS', 'PipelineConfig', 'TextDataset', 'noisy_demonstrations', 'tiny_llama_config', 'run_pt',
+           'run_sft', 'run_rm', 'answer', 'gold_eval', 'paired_interval', 'run_ppo', 'run_pipeline', 'run_ablation',
+           'plot_metrics', 'write_report']
 
 # %% ../nbs/14_pipeline.ipynb #7c063d94
 PPO_PRESETS = {
@@ -52,12 +53,13 @@ class PipelineConfig:
     pt_lr: float = 3e-3              # learning rate
     pt_batch_size: int = 32          # sequences per step
     # 1. SFT
-    sft_epochs: int = 1              # passes over data/toy/sft.jsonl
+    sft_epochs: int = 2              # passes over data/toy/sft.jsonl
     sft_lr: float = 2e-3             # learning rate
     sft_batch_size: int = 32         # samples per step
     sft_max_samples: int|None = None # use only the first N demonstrations (None: all)
+    sft_noise: float = 0.3           # share of demonstrations replaced by flawed ones (ramble / repeat / wrong language)
     # 2. RM
-    rm_epochs: int = 1               # passes over data/toy/rm_pairs.jsonl
+    rm_epochs: int = 2               # passes over data/toy/rm_pairs.jsonl
     rm_lr: float = 5e-4              # learning rate
     rm_batch_size: int = 32          # pairs per step
     loss_fn: str = 'log_sig'         # 'log_sig' or 'log_exp'
@@ -69,11 +71,12 @@ class PipelineConfig:
     experience_batch_size: int = 32  # prompts per rollout
     train_batch_size: int = 16       # experiences per PPO step
     ppo_epochs: int = 2              # passes over the buffer per update (ColossalChat's max_epochs)
-    actor_lr: float = 2e-5           # actor learning rate
+    actor_lr: float = 5e-5           # actor learning rate
     critic_lr: float = 1e-4          # critic learning rate
-    kl_coef: float = 0.05            # β of the KL penalty
+    kl_coef: float = 0.2             # β of the KL penalty
     ptx_coef: float = 0.0            # weight of the PTX loss on the SFT data (0: off)
     max_new_tokens: int = 16         # response length limit
+    min_new_tokens: int = 1          # no EOS before this many tokens: rules out the empty answer (see 04_generation)
     top_k: int = 50                  # sampling top-k during rollouts (0: off)
     temperature: float = 1.0         # sampling temperature during rollouts and sampled evaluation
     # evaluation
@@ -93,6 +96,7 @@ class PipelineConfig:
         for name in ('num_episodes', 'max_timesteps', 'update_timesteps', 'experience_batch_size', 'train_batch_size',
                      'ppo_epochs', 'max_new_tokens', 'eval_batch_size', 'max_len', 'sft_epochs', 'rm_epochs'):
             if getattr(self, name) < 1: raise ValueError(f"PipelineConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if not 0 <= self.sft_noise < 1: raise ValueError(f"PipelineConfig.sft_noise must be in [0, 1), got {self.sft_noise}")
         if self.experience_batch_size * self.update_timesteps < self.train_batch_size:
             raise ValueError(f"train_batch_size={self.train_batch_size} is larger than the buffer of one update "
                              f"(experience_batch_size × update_timesteps = {self.experience_batch_size * self.update_timesteps})")
@@ -121,7 +125,26 @@ class TextDataset(Dataset):
     def __len__(self): return len(self.samples)
     def __getitem__(self, i) -> dict: return self.samples[i]
 
-# %% ../nbs/14_pipeline.ipynb #d4cc89b6
+# %% ../nbs/14_pipeline.ipynb #fb6a3276
+NOISE_KINDS = ('ramble', 'repeat', 'wrong_language')
+
+def noisy_demonstrations(rows: list[dict],   # toy-task rows {'instruction', 'input', 'output'}
+                         fraction: float,    # share of rows to replace by a flawed answer
+                         seed: int = 0,      # which rows and which flaws
+                        ) -> tuple[list[dict], int]:
+    "Rows with `fraction` of their outputs replaced by a flawed answer of one of NOISE_KINDS; returns (rows, count)."
+    if not 0 <= fraction < 1: raise ValueError(f"fraction must be in [0, 1), got {fraction}")
+    rng = random.Random(seed)
+    picked = set(rng.sample(range(len(rows)), round(fraction * len(rows))))
+    out = []
+    for i, r in enumerate(rows):
+        if i in picked:
+            ex = solve_instruction(r['instruction'])
+            r = {**r, 'output': corrupt_response(ex, rng.choice(NOISE_KINDS), rng)}
+        out.append(r)
+    return out, len(picked)
+
+# %% ../nbs/14_pipeline.ipynb #4713ef92
 def _loader(strategy, ds, bs, collate, shuffle=True):
     return strategy.setup_dataloader(ds, bs, shuffle=shuffle, collate_fn=collate)
 
@@ -142,7 +165,7 @@ def tiny_llama_config(tokenizer, cfg: PipelineConfig):
                        num_heads=cfg.num_heads, max_positions=max(256, cfg.max_len + cfg.max_new_tokens),
                        pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
 
-# %% ../nbs/14_pipeline.ipynb #0962cfcf
+# %% ../nbs/14_pipeline.ipynb #f25f0214
 def run_pt(cfg: PipelineConfig, tokenizer, out: Path, strategy=None) -> Path:
     "0. Pre-train a fresh tiny LLaMA on the bundled corpus; returns the saved folder."
     strategy = strategy or NaiveStrategy(seed=cfg.seed); set_seed(cfg.seed)
@@ -163,8 +186,8 @@ def run_sft(cfg: PipelineConfig, tokenizer, out: Path, pretrained: Path, strateg
     "1. Supervised fine-tuning on the toy task's demonstrations."
     strategy = strategy or NaiveStrategy(seed=cfg.seed); set_seed(cfg.seed)
     model = family_class('llama', 'lm')(pretrained=pretrained)
-    ds = SupervisedDataset(toy_data_path('sft'), tokenizer, max_datasets_size=cfg.sft_max_samples,
-                           max_length=cfg.max_len)
+    rows, _ = noisy_demonstrations(read_rows(toy_data_path('sft'), max_datasets_size=cfg.sft_max_samples), cfg.sft_noise, cfg.seed)
+    ds = SupervisedDataset(rows, tokenizer, max_length=cfg.max_len)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.sft_lr, weight_decay=0.0)
     n_steps = cfg.sft_epochs * math.ceil(len(ds) / cfg.sft_batch_size)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.sft_lr, total_steps=n_steps, pct_start=0.1)
@@ -173,7 +196,7 @@ def run_sft(cfg: PipelineConfig, tokenizer, out: Path, pretrained: Path, strateg
     t.fit(_loader(strategy, ds, cfg.sft_batch_size, DataCollatorForSupervisedDataset(tokenizer)))
     _save_hf(model, tokenizer, out/'sft'); return out/'sft'
 
-# %% ../nbs/14_pipeline.ipynb #e390e6f3
+# %% ../nbs/14_pipeline.ipynb #d97b59ee
 def run_rm(cfg: PipelineConfig, tokenizer, out: Path, pretrained: Path, strategy=None) -> tuple[Path, dict]:
     "2. Train the reward model from the SFT model on the preference pairs; returns the folder and the held-out metrics."
     strategy = strategy or NaiveStrategy(seed=cfg.seed); set_seed(cfg.seed)
@@ -190,17 +213,17 @@ def run_rm(cfg: PipelineConfig, tokenizer, out: Path, pretrained: Path, strategy
     ev = t.evaluate(_loader(strategy, held_out, 64, collate, False))
     _save_hf(rm, tokenizer, out/'rm'); return out/'rm', ev
 
-# %% ../nbs/14_pipeline.ipynb #085d0e78
+# %% ../nbs/14_pipeline.ipynb #f8b8e2f7
 @torch.no_grad()
 def answer(model, tokenizer, prompts: list[str], max_new_tokens: int = 16, do_sample: bool = False, batch_size: int = 64,
-           top_k: int|None = None, temperature: float|None = None, generator=None) -> list[tuple[str, bool]]:
+           top_k: int|None = None, temperature: float|None = None, generator=None, min_new_tokens: int = 0) -> list[tuple[str, bool]]:
     "(response text, ended with EOS) for each formatted prompt."
     model.eval(); out = []
     collate = DataCollatorForPromptDataset(tokenizer)
     for i in range(0, len(prompts), batch_size):
         ids = [torch.tensor(tokenizer(p)['input_ids']) for p in prompts[i:i + batch_size]]
         b = collate([{'input_ids': x} for x in ids])
-        seqs, _, am = model.generate(b['input_ids'], attention_mask=b['attention_mask'], max_new_tokens=max_new_tokens,
+        seqs, _, am = model.generate(b['input_ids'], attention_mask=b['attention_mask'], max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens,
                                      do_sample=do_sample, top_k=top_k or None, temperature=temperature if do_sample else None,
                                      eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, generator=generator)
         resp = seqs[:, -am.size(1):]
@@ -213,9 +236,9 @@ def answer(model, tokenizer, prompts: list[str], max_new_tokens: int = 16, do_sa
 def gold_eval(model, tokenizer, instructions: list[str], cfg: PipelineConfig, seed: int = 0) -> dict:
     "Greedy and sampled gold rewards per prompt, with the greedy answers."
     prompts = [format_prompt(x) for x in instructions]
-    greedy = answer(model, tokenizer, prompts, cfg.max_new_tokens, False, cfg.eval_batch_size)
+    greedy = answer(model, tokenizer, prompts, cfg.max_new_tokens, False, cfg.eval_batch_size, min_new_tokens=cfg.min_new_tokens)
     g = torch.Generator().manual_seed(seed)
-    sampled = [answer(model, tokenizer, prompts, cfg.max_new_tokens, True, cfg.eval_batch_size, cfg.top_k, cfg.temperature, g)
+    sampled = [answer(model, tokenizer, prompts, cfg.max_new_tokens, True, cfg.eval_batch_size, cfg.top_k, cfg.temperature, g, cfg.min_new_tokens)
                for _ in range(cfg.eval_samples)]
     terms = lambda p, a: gold_reward_terms(p, a[0], a[1], eos_token=None)
     gt = [terms(p, a) for p, a in zip(prompts, greedy)]
@@ -226,7 +249,7 @@ def gold_eval(model, tokenizer, instructions: list[str], cfg: PipelineConfig, se
             'sampled_eos': mean([mean([t['stop'] for t in ts]) for ts in st]),
             'answers': [a for a, _ in greedy], 'lengths': mean([len(tokenizer(a)['input_ids']) for a, _ in greedy])}
 
-# %% ../nbs/14_pipeline.ipynb #0753e9f4
+# %% ../nbs/14_pipeline.ipynb #3fdf7c8d
 def paired_interval(after: list[float], before: list[float], z: float = 1.96) -> dict:
     "Mean paired difference after − before with a normal-approximation interval."
     if len(after) != len(before) or len(after) < 2: raise ValueError(f"need two equal lists of >= 2 values, got {len(after)} and {len(before)}")
@@ -234,7 +257,7 @@ def paired_interval(after: list[float], before: list[float], z: float = 1.96) ->
     sd = math.sqrt(sum((x - m) ** 2 for x in d) / (n - 1))
     return {'mean': m, 'low': m - z * sd / math.sqrt(n), 'high': m + z * sd / math.sqrt(n), 'n': n}
 
-# %% ../nbs/14_pipeline.ipynb #913a1d70
+# %% ../nbs/14_pipeline.ipynb #9160b3dc
 def run_ppo(cfg: PipelineConfig, tokenizer, out: Path, sft_path: Path, rm_path: Path, strategy=None,
             name: str = 'ppo', callbacks=()) -> tuple[Path, nn.Module, list[dict]]:
     "3. PPO from the SFT actor against the trained reward model; returns the actor folder, the actor and the metrics."
@@ -251,7 +274,7 @@ def run_ppo(cfg: PipelineConfig, tokenizer, out: Path, sft_path: Path, rm_path: 
     actor_optim = torch.optim.Adam(actor.parameters(), lr=cfg.actor_lr)
     critic_optim = torch.optim.Adam(critic.parameters(), lr=cfg.critic_lr)
     (actor, actor_optim), (critic, critic_optim) = strategy.prepare((actor, actor_optim), (critic, critic_optim))
-    gen = dict(max_new_tokens=cfg.max_new_tokens, do_sample=True, top_k=cfg.top_k or None, temperature=cfg.temperature,
+    gen = dict(max_new_tokens=cfg.max_new_tokens, min_new_tokens=cfg.min_new_tokens, do_sample=True, top_k=cfg.top_k or None, temperature=cfg.temperature,
                eos_token_id=tokenizer.eos_token_id)
     trainer = PPOTrainer(strategy, actor, critic, reward_model, initial, actor_optim, critic_optim, kl_coef=cfg.kl_coef,
                          ptx_coef=cfg.ptx_coef, train_batch_size=cfg.train_batch_size, max_epochs=cfg.ppo_epochs,
@@ -265,7 +288,7 @@ def run_ppo(cfg: PipelineConfig, tokenizer, out: Path, sft_path: Path, rm_path: 
     strategy.barrier()
     return out/name, actor, hist
 
-# %% ../nbs/14_pipeline.ipynb #50d8a894
+# %% ../nbs/14_pipeline.ipynb #24d997d0
 def _stage(cfg, folder: Path, fn, *args):
     "Run a stage unless resuming and its folder is complete."
     if cfg.resume and (folder/'config.json').is_file(): return folder
@@ -312,7 +335,7 @@ def run_pipeline(cfg: PipelineConfig|None = None, # the run's settings (default:
     write_report(out, summary, instructions, ev_sft, ev_ppo)
     return summary
 
-# %% ../nbs/14_pipeline.ipynb #e9512df3
+# %% ../nbs/14_pipeline.ipynb #a11b63c9
 def run_ablation(cfg: PipelineConfig, tokenizer, out: Path, sft: Path, rm: Path, instructions: list[str]) -> dict:
     "PPO with every preset from the same SFT and RM; returns {preset: metrics}."
     rows = {}
@@ -325,7 +348,7 @@ def run_ablation(cfg: PipelineConfig, tokenizer, out: Path, sft: Path, rm: Path,
                         'eos_rate': ev['sampled_eos'], 'length': ev['lengths']}
     return rows
 
-# %% ../nbs/14_pipeline.ipynb #90d8a8b7
+# %% ../nbs/14_pipeline.ipynb #0fbb4e74
 def _series(path: Path, key: str, stage: str|None = None):
     if not path.is_file(): return [], []
     rec = [r for r in read_metrics(path, stage) if key in r]
@@ -348,7 +371,7 @@ def plot_metrics(out: Path) -> list[Path]:
         fig.tight_layout(); fig.savefig(out/'plots'/fname, dpi=90); plt.close(fig); made.append(out/'plots'/fname)
     return made
 
-# %% ../nbs/14_pipeline.ipynb #0af5e9b2
+# %% ../nbs/14_pipeline.ipynb #c492b088
 def write_report(out: Path, summary: dict, instructions: list[str], ev_sft: dict, ev_ppo: dict, n_each: int = 4) -> Path:
     "report.md: the headline figures and a before / after table of answers in Chinese and English."
     zh = [i for i, x in enumerate(instructions) if any('\u4e00' <= ch <= '\u9fff' for ch in x)]

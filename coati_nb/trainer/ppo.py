@@ -258,7 +258,7 @@ def fit(self,
     total = num_episodes * max_timesteps
     bar = tqdm(total=total, initial=start_ep * max_timesteps + start_t, desc='PPO', disable=not is_rank_0(), dynamic_ncols=True)
     self._call('on_fit_start')
-    exp_metrics = []
+    exp_metrics, episode, timestep = [], start_ep, start_t - 1
     for episode in range(start_ep, num_episodes):
         self._call('on_episode_start', episode)
         for timestep in range(start_t if episode == start_ep else 0, max_timesteps):
