@@ -57,15 +57,15 @@ class PipelineConfig:
     sft_lr: float = 2e-3             # learning rate
     sft_batch_size: int = 32         # samples per step
     sft_max_samples: int|None = None # use only the first N demonstrations (None: all)
-    sft_noise: float = 0.3           # share of demonstrations replaced by flawed ones (ramble / repeat / wrong language)
+    sft_noise: float = 0.5           # share of demonstrations replaced by flawed ones (ramble / repeat / wrong language)
     # 2. RM
-    rm_epochs: int = 2               # passes over data/toy/rm_pairs.jsonl
-    rm_lr: float = 5e-4              # learning rate
+    rm_epochs: int = 3               # passes over data/toy/rm_pairs.jsonl
+    rm_lr: float = 3e-4              # learning rate
     rm_batch_size: int = 32          # pairs per step
     loss_fn: str = 'log_sig'         # 'log_sig' or 'log_exp'
     # 3. PPO
     ppo_preset: str = 'corrected'    # 'corrected' or 'coati' (ColossalChat's algorithm), see PPO_PRESETS
-    num_episodes: int = 4            # episodes
+    num_episodes: int = 6            # episodes
     max_timesteps: int = 8           # rollouts per episode
     update_timesteps: int = 2        # learn every this many rollouts
     experience_batch_size: int = 32  # prompts per rollout
@@ -80,7 +80,7 @@ class PipelineConfig:
     top_k: int = 50                  # sampling top-k during rollouts (0: off)
     temperature: float = 1.0         # sampling temperature during rollouts and sampled evaluation
     # evaluation
-    eval_samples: int = 2            # sampled answers per held-out prompt (besides the greedy one)
+    eval_samples: int = 8            # sampled answers per held-out prompt (besides the greedy one)
     eval_batch_size: int = 64        # prompts per generation batch
     resume: bool = False             # continue an interrupted PPO stage from its last checkpoint
     save_interval: int = 1           # PPO checkpoint every this many updates
