@@ -340,7 +340,9 @@ class NaiveExperienceMaker(ExperienceMaker):
         kl = masked_sum(approx_kl_per_token(log_probs, base_log_probs, m, self.kl_estimator), m)   # (B,)
         scores = penalize_no_eos(r, has_eos, self.no_eos_penalty)
         total = reward if reward.dim() == 1 else masked_sum(reward, m)
-        info = {'objective/kl': kl, 'objective/entropy': -masked_sum(log_probs, m), 'objective/scores': scores,
+        kl_k3 = kl if self.kl_estimator == 'k3' else masked_sum(approx_kl_per_token(log_probs, base_log_probs, m, 'k3'), m)
+        info = {'objective/kl': kl, 'objective/kl_k3': kl_k3,    # the penalty's estimate, and one estimator for every preset
+                'objective/entropy': -masked_sum(log_probs, m), 'objective/scores': scores,
                 'objective/non_score_reward': total - scores, 'objective/rlhf_reward': total,
                 'tokens/responses_len_mean': m.sum(1).float()}
         if has_eos is not None: info['val/num_eos_tokens'] = has_eos.long()

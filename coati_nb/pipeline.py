@@ -323,7 +323,7 @@ def run_pipeline(cfg: PipelineConfig|None = None, # the run's settings (default:
                'gold_reward_sft_greedy': mean(ev_sft['greedy']), 'gold_reward_ppo_greedy': mean(ev_ppo['greedy']),
                'gold_gain_interval': paired_interval(ev_ppo['sampled'], ev_sft['sampled']),
                'gold_gain_interval_greedy': paired_interval(ev_ppo['greedy'], ev_sft['greedy']),
-               'kl': ppo_hist[-1]['objective/kl'], 'rm_accuracy': rm_ev['eval/acc'], 'rm_dist': rm_ev['eval/dist'],
+               'kl': ppo_hist[-1]['objective/kl_k3'], 'rm_accuracy': rm_ev['eval/acc'], 'rm_dist': rm_ev['eval/dist'],
                'eos_rate_sft': ev_sft['sampled_eos'], 'eos_rate_ppo': ev_ppo['sampled_eos'],
                'correct_sft_greedy': ev_sft['greedy_correct'], 'correct_ppo_greedy': ev_ppo['greedy_correct'],
                'ppo_updates': len(ppo_hist), 'ppo_preset': cfg.ppo_preset, 'n_eval_prompts': len(instructions)}
@@ -344,7 +344,7 @@ def run_ablation(cfg: PipelineConfig, tokenizer, out: Path, sft: Path, rm: Path,
         _, actor, hist = run_ppo(c, tokenizer, out, sft, rm, name=f'ablation_{preset}')
         ev = gold_eval(actor, tokenizer, instructions, c, c.seed)
         rows[preset] = {'gold_reward': sum(ev['sampled']) / len(ev['sampled']), 'gold_reward_greedy': sum(ev['greedy']) / len(ev['greedy']),
-                        'rm_score': hist[-1]['objective/scores'], 'kl': hist[-1]['objective/kl'],
+                        'rm_score': hist[-1]['objective/scores'], 'kl': hist[-1]['objective/kl_k3'],
                         'eos_rate': ev['sampled_eos'], 'length': ev['lengths']}
     return rows
 
@@ -361,7 +361,7 @@ def plot_metrics(out: Path) -> list[Path]:
     out = Path(out); (out/'plots').mkdir(exist_ok=True); m = out/'metrics'; made = []
     panels = [('pt_sft_loss.png', [(m/'pt.jsonl', 'loss', 'pt', 'PT loss'), (m/'sft.jsonl', 'loss', 'sft', 'SFT loss')]),
               ('rm_accuracy.png', [(m/'rm.jsonl', 'acc', 'rm', 'train acc'), (m/'rm.jsonl', 'eval/acc', 'rm', 'held-out acc')]),
-              ('ppo.png', [(m/'ppo.jsonl', 'objective/scores', 'ppo', 'RM score'), (m/'ppo.jsonl', 'objective/kl', 'ppo', 'KL'),
+              ('ppo.png', [(m/'ppo.jsonl', 'objective/scores', 'ppo', 'RM score'), (m/'ppo.jsonl', 'objective/kl_k3', 'ppo', 'KL (k3)'),
                            (m/'ppo.jsonl', 'policy/clipfrac_avg', 'ppo', 'clip fraction')])]
     for fname, curves in panels:
         fig, axes = plt.subplots(1, len(curves), figsize=(4 * len(curves), 3))
