@@ -342,6 +342,7 @@ def pipeline_cli(argv: list[str]|None = None) -> int:
     a = vars(pipeline_parser().parse_args(argv)); ablation = a.pop('ablation')
     try: cfg = PipelineConfig(**a)
     except ValueError as e: raise SystemExit(f"error: {e}") from None
+    _check_writable(argparse.Namespace(out=cfg.out), 'out')
     s = run_pipeline(cfg, ablation=ablation)
     iv = s['gold_gain_interval']
     print(f"\ngold reward SFT {s['gold_reward_sft']:.3f} -> PPO {s['gold_reward_ppo']:.3f}  (gain {iv['mean']:+.3f}, 95% [{iv['low']:+.3f}, {iv['high']:+.3f}])")
