@@ -14,8 +14,9 @@ import torch.nn as nn
 from .utils import masked_mean, masked_sum, whiten
 
 # %% auto #0
-__all__ = ['KL_ESTIMATORS', 'Experience', 'approx_kl_per_token', 'compute_approx_kl', 'last_action_index', 'penalize_no_eos',
-           'compute_reward', 'compute_gae', 'ExperienceMaker', 'eval_mode', 'NaiveExperienceMaker']
+__all__ = ['KL_ESTIMATORS', 'EXPERIENCE_PRESETS', 'Experience', 'approx_kl_per_token', 'compute_approx_kl', 'last_action_index',
+           'penalize_no_eos', 'compute_reward', 'compute_gae', 'ExperienceMaker', 'eval_mode', 'sampling_kwargs',
+           'NaiveExperienceMaker']
 
 # %% ../nbs/06_experience.ipynb #c2601689
 _PER_ACTION = ('action_log_probs', 'base_action_log_probs')        # always (B, A)
@@ -234,6 +235,27 @@ def eval_mode(*models: nn.Module):
     finally:
         for m, mode in saved: m.training = mode
 
+# %% ../nbs/06_experience.ipynb #08ce5e84
+EXPERIENCE_PRESETS = {
+    # ColossalChat (coati/experience_maker/naive.py): reversed k3, sequence-mean KL off the score, advantage = reward − value,
+    # old and new log-probs from the unfiltered actor although it samples with top-k
+    'coati': dict(kl_estimator='k3_coati', kl_mode='sequence', gae=False, whiten_advantages=False, no_eos_penalty=None,
+                  use_sampling_logprobs=False),
+    # every correction of this notebook
+    'corrected': dict(kl_estimator='k3', kl_mode='per_token', gae=True, gamma=1.0, lam=0.95, whiten_advantages=True,
+                      no_eos_penalty=None, use_sampling_logprobs=True),
+}
+
+def sampling_kwargs(generate_kwargs: dict, # the keyword arguments given to `generate`
+                   ) -> dict:              # for Actor.forward: temperature, top_k, top_p, min_new_tokens, eos_token_id
+    "The logits processing of the distribution `generate` samples from; {} for greedy decoding (no distribution)."
+    if not generate_kwargs.get('do_sample', True): return {}
+    kw = {k: generate_kwargs[k] for k in ('temperature', 'top_k', 'top_p') if generate_kwargs.get(k) is not None}
+    if generate_kwargs.get('min_new_tokens', 0) and generate_kwargs.get('eos_token_id') is not None:
+        kw.update(min_new_tokens=generate_kwargs['min_new_tokens'], eos_token_id=generate_kwargs['eos_token_id'])
+    return kw
+
+
 # %% ../nbs/06_experience.ipynb #518d9011
 class NaiveExperienceMaker(ExperienceMaker):
     "Make PPO experience from prompts: ColossalChat's algorithm, with each correction behind a named option."
@@ -264,15 +286,13 @@ class NaiveExperienceMaker(ExperienceMaker):
 
     @classmethod
     def coati_faithful(cls, actor, critic, reward_model, initial_model, kl_coef: float = 0.1):
-        "ColossalChat exactly: reversed k3, sequence-mean KL off the score, advantage = reward − value."
-        return cls(actor, critic, reward_model, initial_model, kl_coef, kl_estimator='k3_coati', kl_mode='sequence',
-                   gae=False, whiten_advantages=False, no_eos_penalty=None, use_sampling_logprobs=False)
+        "ColossalChat exactly (EXPERIENCE_PRESETS['coati']): reversed k3, sequence-mean KL off the score, advantage = reward − value."
+        return cls(actor, critic, reward_model, initial_model, kl_coef, **EXPERIENCE_PRESETS['coati'])
 
     @classmethod
     def corrected(cls, actor, critic, reward_model, initial_model, kl_coef: float = 0.1, **overrides):
-        "Every correction: k3, per-token KL with the score at EOS, GAE (γ=1, λ=0.95), whitened advantages."
-        opts = dict(kl_estimator='k3', kl_mode='per_token', gae=True, gamma=1.0, lam=0.95, whiten_advantages=True)
-        return cls(actor, critic, reward_model, initial_model, kl_coef, **{**opts, **overrides})
+        "Every correction (EXPERIENCE_PRESETS['corrected']): k3, per-token KL, GAE, whitening, log-probs of the sampled distribution."
+        return cls(actor, critic, reward_model, initial_model, kl_coef, **{**EXPERIENCE_PRESETS['corrected'], **overrides})
 
     @property
     def options(self) -> dict:
@@ -288,15 +308,14 @@ class NaiveExperienceMaker(ExperienceMaker):
                        ) -> Experience:
         "Generate responses to `input_ids` and score them into an `Experience`."
         if 'return_log_probs' in generate_kwargs:
-            raise ValueError("do not pass return_log_probs: it is set by the use_sampling_logprobs option")
+            raise ValueError("do not pass return_log_probs: the old log-probs come from the actor's forward (use_sampling_logprobs)")
         models = (self.actor, self.critic, self.reward_model, self.initial_model)
         with eval_mode(*models), torch.no_grad():
             return self._make(input_ids, attention_mask, generate_kwargs)
 
     def _make(self, input_ids, attention_mask, generate_kwargs) -> Experience:
         # 1. generate
-        extra = dict(return_log_probs=True) if self.use_sampling_logprobs else {}
-        out = self.actor.generate(input_ids, attention_mask=attention_mask, **extra, **generate_kwargs)
+        out = self.actor.generate(input_ids, attention_mask=attention_mask, **generate_kwargs)
         sequences, attention_mask, action_mask = out[:3]                       # (B, S), (B, S), (B, A)
         if action_mask is None: raise ValueError("actor.generate returned no action_mask; it is required")
         B, A = action_mask.shape
@@ -330,7 +349,9 @@ class NaiveExperienceMaker(ExperienceMaker):
             returns = reward if reward.dim() == 1 else masked_sum(reward, m)                   # (B,) the critic's target
             advantages = returns - values                                                      # ColossalChat
         if self.whiten_advantages: advantages = whiten(advantages, m if advantages.dim() == 2 else None)
-        old_log_probs = out[3].masked_fill(~m, 0.0) if self.use_sampling_logprobs else action_log_probs
+        # the PPO ratio's denominator: log q of the sampled distribution (the same processed forward the trainer runs), or log π
+        sk = sampling_kwargs(generate_kwargs) if self.use_sampling_logprobs else {}
+        old_log_probs = self.actor(sequences, A, attention_mask, **sk).masked_fill(~m, 0.0) if sk else action_log_probs
         info = self._info(r, reward, action_log_probs, base_action_log_probs, m, has_eos)
         return Experience(sequences, old_log_probs, values, reward, advantages, attention_mask, action_mask,
                           returns=returns, base_action_log_probs=base_action_log_probs, info=info)

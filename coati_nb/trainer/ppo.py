@@ -4,7 +4,7 @@
 
 # %% ../../nbs/11_ppo.ipynb #9db3c0d1
 from __future__ import annotations
-import json, os, random
+import contextlib, json, os, random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -12,14 +12,14 @@ from typing import Any, Callable, Iterable
 import torch
 import torch.nn as nn
 
-from ..experience_maker import Experience, NaiveExperienceMaker
+from ..experience_maker import EXPERIENCE_PRESETS, Experience, NaiveExperienceMaker, eval_mode, sampling_kwargs
 from ..loss import GPTLMLoss, PolicyLoss, ValueLoss
 from ..replay_buffer import NaiveReplayBuffer
 from .base import Callback, MetricsLogger, latest_checkpoint, load_checkpoint, save_checkpoint
 from ..utils import atomic_write, is_rank_0
 
 # %% auto #0
-__all__ = ['DataStream', 'PPOTrainer', 'training_step', 'fit']
+__all__ = ['PPO_PRESETS', 'DataStream', 'ppo_preset', 'PPOTrainer', 'training_step', 'fit']
 
 # %% ../../nbs/11_ppo.ipynb #ca18eaa7
 class DataStream:
@@ -39,7 +39,7 @@ class DataStream:
 
     def next(self):
         "The next batch; a new pass starts when the dataloader is exhausted."
-        if self.mode == 'restart': return next(iter(self.dataloader))   # ColossalChat: always the first batch
+        if self.mode == 'restart': return next(iter(self.dataloader))   # ColossalChat: the first batch of a new iterator
         if self._it is None:
             self._start_pass()
             for _ in range(self.index): next(self._it)                   # resume: skip what was already used
@@ -56,6 +56,38 @@ class DataStream:
     def load_state_dict(self, st: dict) -> None:
         "Continue from a saved position (the next `next()` re-creates the iterator there)."
         self.passes, self.index, self._it = int(st['passes']), int(st['index']), None
+
+# %% ../../nbs/11_ppo.ipynb #8f7a12b4
+PPO_PRESETS = {
+    'coati': dict(   # ColossalChat d4fb7bf: coati/trainer/ppo.py, examples/train_prompts.py
+        experience=EXPERIENCE_PRESETS['coati'],
+        trainer=dict(ptx_mode='convex',             # ptx_coef·ptx + (1 − ptx_coef)·policy
+                     ptx_stream='restart',          # next(iter(pretrain_dataloader)) every step
+                     prompt_stream='restart',       # next(iter(prompt_dataloader)) every timestep
+                     value_loss_use_action_mask=False, update_dropout=True,   # actor.train() / critic.train() in the update
+                     drop_last=True,                # the buffer's DataLoader drops a partial last batch
+                     max_norm=None),                # no gradient clipping
+        models=dict(critic_use_action_mask=True,    # train_prompts.py builds the critic with use_action_mask=True
+                    rm_pooling='mean',              # RewardModel.forward: values[:, :-1].mean(1)
+                    pad_is_eos=True),               # tokenizer.pad_token = tokenizer.eos_token, mask = sequences != pad
+        generation=dict(early_stopping=False),      # generate() runs to the length limit
+        ptx_coef=0.9),                              # --ptx_coef default of train_prompts.py
+    'corrected': dict(
+        experience=EXPERIENCE_PRESETS['corrected'],
+        trainer=dict(ptx_mode='additive', ptx_stream='advance', prompt_stream='advance', value_loss_use_action_mask=True,
+                     update_dropout=False, drop_last=False, max_norm=1.0),
+        models=dict(critic_use_action_mask=False, rm_pooling='last', pad_is_eos=False),
+        generation=dict(early_stopping=True),
+        ptx_coef=0.9),
+}
+
+def ppo_preset(name: str, # 'coati' or 'corrected'
+              ) -> dict:
+    "A deep copy of one entry of PPO_PRESETS, with a clear error for an unknown name."
+    import copy
+    if name not in PPO_PRESETS: raise ValueError(f"ppo_preset must be one of {sorted(PPO_PRESETS)}, got {name!r}")
+    return copy.deepcopy(PPO_PRESETS[name])
+
 
 # %% ../../nbs/11_ppo.ipynb #2cdd5705
 def _unwrap(strategy, model: nn.Module) -> nn.Module:
@@ -98,6 +130,9 @@ class PPOTrainer:
                  ptx_mode: str = 'additive',    # 'additive' (InstructGPT) or 'convex' (ColossalChat)
                  ptx_stream: str = 'advance',   # 'advance' or 'restart' (ColossalChat's next(iter(loader)))
                  value_loss_use_action_mask: bool = True, # False: ColossalChat's value loss ignores the mask
+                 update_dropout: bool = False,  # True: ColossalChat's update in train mode (dropout on); False: the forwards of the ratio see the rollout's function
+                 prompt_stream: str = 'advance',# 'advance' or 'restart' (ColossalChat's next(iter(prompt_dataloader)))
+                 drop_last: bool = False,       # True: ColossalChat drops a partial last batch of the buffer
                  max_norm: float|None = None,   # clip gradient norms (None: off)
                  pad_token_id: int = 0,         # pad id: emitted after EOS in generation, and for re-padding buffered sequences
                  callbacks: Iterable[Callback] = (),
@@ -108,6 +143,7 @@ class PPOTrainer:
                 ):
         if ptx_mode not in ('additive', 'convex'): raise ValueError(f"ptx_mode must be 'additive' or 'convex', got {ptx_mode!r}")
         if ptx_stream not in ('advance', 'restart'): raise ValueError(f"ptx_stream must be 'advance' or 'restart', got {ptx_stream!r}")
+        if prompt_stream not in ('advance', 'restart'): raise ValueError(f"prompt_stream must be 'advance' or 'restart', got {prompt_stream!r}")
         if ptx_coef < 0 or (ptx_mode == 'convex' and ptx_coef > 1):
             raise ValueError(f"ptx_coef must be >= 0{' and <= 1 with ptx_mode=convex' if ptx_mode == 'convex' else ''}, got {ptx_coef}")
         _check_positive(train_batch_size=train_batch_size, max_epochs=max_epochs)
@@ -120,6 +156,7 @@ class PPOTrainer:
         self.kl_coef, self.ptx_coef, self.ptx_mode, self.ptx_stream = kl_coef, ptx_coef, ptx_mode, ptx_stream
         self.train_batch_size, self.sample_buffer, self.max_epochs = train_batch_size, sample_buffer, max_epochs
         self.vf_coef, self.max_norm = vf_coef, max_norm
+        self.update_dropout, self.prompt_stream, self.drop_last = bool(update_dropout), prompt_stream, bool(drop_last)
         self.generate_kwargs = {**generate_kwargs, 'pad_token_id': pad_token_id}   # one pad id for generation and the buffer
         self.experience_options = dict(experience_options or {})
         # the maker runs the unwrapped models: generation is not a DDP forward, and no gradient flows there
@@ -155,12 +192,20 @@ def _step(self, optim, loss, model):
     self.strategy.optimizer_step(optim)
     optim.zero_grad(set_to_none=True)
 
+def _update_mode(self):
+    "ColossalChat: train mode (dropout on) for the update; corrected: eval mode, so the ratio compares one function."
+    self.actor.train(); self.critic.train()
+    return contextlib.nullcontext() if self.update_dropout else eval_mode(self.actor, self.critic)
+
 def training_step(self, experience: Experience) -> dict:
     "One PPO update of the actor and the critic on a batch of experience; returns its metrics."
-    self.actor.train(); self.critic.train()
+    with _update_mode(self): return _training_step(self, experience)
+
+def _training_step(self, experience: Experience) -> dict:
     m, A = experience.action_mask, experience.num_actions
-    # 1. policy loss on the experience
-    log_probs = self.actor(experience.sequences, A, experience.attention_mask)                  # (B, A)
+    # 1. policy loss on the experience, under the distribution the old log-probs came from (see 06_experience §5.1)
+    sk = sampling_kwargs(self.generate_kwargs) if self.experience_maker.use_sampling_logprobs else {}
+    log_probs = self.actor(experience.sequences, A, experience.attention_mask, **sk)           # (B, A)
     policy_loss, st = self.actor_loss_fn(log_probs, experience.action_log_probs, experience.advantages, m, return_stats=True)
     actor_loss, out = policy_loss, {}
     # 2. PTX: the LM loss on the next pre-training batch
@@ -180,10 +225,14 @@ def training_step(self, experience: Experience) -> dict:
     if not torch.isfinite(value_loss): raise FloatingPointError(f"value loss is {value_loss.item()} at update {self.update_step}")
     _step(self, self.critic_optim, value_loss * self.vf_coef, self.critic)
     with torch.no_grad():
-        ratio = (log_probs.detach() - experience.action_log_probs).exp()
+        ratio = (log_probs.detach() - experience.action_log_probs).exp()                     # (B, A)
+        n = m.sum().clamp(min=1)
+        mean_ratio = (ratio * m).sum() / n
         out.update({'loss/policy_avg': policy_loss.detach(), 'loss/value_avg': value_loss.detach(),
                     'policy/approxkl_avg': st['approx_kl'], 'policy/clipfrac_avg': st['clip_frac'],
-                    'val/clipfrac_avg': vst['clip_frac'], 'val/ratio': (ratio * m).sum() / m.sum().clamp(min=1)})
+                    'val/clipfrac_avg': vst['clip_frac'], 'val/ratio': mean_ratio,
+                    'val/ratio_var': (((ratio - mean_ratio) ** 2) * m).sum() / n,                  # TRL's name
+                    'val/ratio_maxdev': ((ratio - 1).abs() * m).max()})                            # max |ratio − 1| over the actions
     return {k: float(v) for k, v in out.items()}
 
 PPOTrainer.training_step = training_step
@@ -198,7 +247,8 @@ def _learn(self) -> dict:
         if self.sample_buffer: batches = [buf.sample()]
         else:
             order = torch.randperm(len(buf)).tolist()
-            batches = (buf.collate_fn([buf[i] for i in order[j:j + bs]]) for j in range(0, len(order), bs))
+            stop = len(order) - len(order) % bs if self.drop_last else len(order)      # ColossalChat: drop_last=True
+            batches = (buf.collate_fn([buf[i] for i in order[j:j + bs]]) for j in range(0, stop, bs))
         for exp in batches:
             self._call('on_learn_batch_start')
             met = self.training_step(exp.to_device(dev))
@@ -245,7 +295,7 @@ def fit(self,
     _check_positive(num_episodes=num_episodes, max_timesteps=max_timesteps, update_timesteps=update_timesteps)
     if self.ptx_coef > 0 and pretrain_dataloader is None and self.ptx_mode == 'convex':
         raise ValueError("ptx_coef > 0 with ptx_mode='convex' needs a pretrain_dataloader (or set ptx_coef=0)")
-    self._prompts = DataStream(prompt_dataloader)
+    self._prompts = DataStream(prompt_dataloader, self.prompt_stream)
     self._ptx = DataStream(pretrain_dataloader, self.ptx_stream) if pretrain_dataloader is not None and self.ptx_coef > 0 else None
     start_ep, start_t = self._resume() if resume else (0, 0)
     if resume and self.metrics_path and Path(self.metrics_path).is_file() and is_rank_0():
