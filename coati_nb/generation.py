@@ -56,7 +56,7 @@ def top_p_filter(logits: torch.Tensor, # (..., V) scores
     drop = drop_sorted.scatter(-1, order, drop_sorted)   # back to vocabulary order
     return logits.masked_fill(drop, float('-inf'))
 
-def process_logits(logits: torch.Tensor,     # (B, V) next-token scores
+def process_logits(logits: torch.Tensor,     # (..., V) scores, e.g. (B, V) in the loop or (B, A, V) in `Actor.forward`
                    top_k: int|None = None,   # top-k filter, None/0 = off
                    top_p: float|None = None, # top-p filter, None/1.0 = off
                    temperature: float|None = None, # > 0; None means 1.0

@@ -15,15 +15,15 @@ from safetensors.torch import load_file, save_file
 from transformers import (BloomConfig, BloomForCausalLM, BloomModel, GPT2Config, GPT2LMHeadModel, GPT2Model,
                           LlamaConfig, LlamaForCausalLM, LlamaModel, OPTConfig, OPTForCausalLM, OPTModel)
 
-from .generation import _accepts, generate, position_ids_from_attention_mask
+from .generation import _accepts, generate, position_ids_from_attention_mask, process_logits
 from .lora import LoRAModule, LoraLinear
 from .utils import log_probs_from_logits, masked_mean
 
 # %% auto #0
-__all__ = ['MODEL_FAMILIES', 'GPTActor', 'GPTCritic', 'GPTRM', 'GPTLM', 'BLOOMActor', 'BLOOMCritic', 'BLOOMRM', 'BLOOMLM',
-           'OPTActor', 'OPTCritic', 'OPTRM', 'OPTLM', 'LlamaActor', 'LlamaCritic', 'LlamaRM', 'LlamaLM', 'ModelFamily',
-           'register_family', 'get_family', 'tiny_config', 'load_transformer', 'Actor', 'make_value_head', 'Critic',
-           'last_token_index', 'RewardModel', 'LM', 'family_class']
+__all__ = ['MODEL_FAMILIES', 'LOGPROB_FLOOR', 'GPTActor', 'GPTCritic', 'GPTRM', 'GPTLM', 'BLOOMActor', 'BLOOMCritic', 'BLOOMRM',
+           'BLOOMLM', 'OPTActor', 'OPTCritic', 'OPTRM', 'OPTLM', 'LlamaActor', 'LlamaCritic', 'LlamaRM', 'LlamaLM',
+           'ModelFamily', 'register_family', 'get_family', 'tiny_config', 'load_transformer', 'Actor',
+           'make_value_head', 'Critic', 'last_token_index', 'RewardModel', 'LM', 'family_class']
 
 # %% ../nbs/03_models.ipynb #a008f1cf
 @dataclass(frozen=True)
@@ -167,6 +167,8 @@ def _hidden_size(config) -> int:
     return config.hidden_size
 
 # %% ../nbs/03_models.ipynb #712aa9f1
+LOGPROB_FLOOR = -1e4   # log-prob given to a token the top-k / top-p filter removed: finite, and exp(LOGPROB_FLOOR) == 0
+
 class Actor(LoRAModule):
     "Policy model: a causal LM whose forward returns the log-probs of the last `num_actions` tokens."
     def __init__(self,
@@ -179,20 +181,37 @@ class Actor(LoRAModule):
         self.model = model
         self.convert_to_lora()
 
-    def forward(self,
-                sequences: torch.LongTensor,   # (B, S) prompt + response
-                num_actions: int,              # A: the response is the last A tokens
-                attention_mask: torch.Tensor|None = None, # (B, S) 1 = real token
-               ) -> torch.Tensor:              # (B, A) action log-probs
-        "Log-probabilities of the last `num_actions` tokens of `sequences`."
+    def action_logits(self,
+                      sequences: torch.LongTensor,   # (B, S) prompt + response
+                      num_actions: int,              # A: the response is the last A tokens
+                      attention_mask: torch.Tensor|None = None, # (B, S) 1 = real token
+                     ) -> torch.Tensor:              # (B, A, V) in the model's dtype
+        "The logits that predict each of the last `num_actions` tokens (position t predicts token t+1)."
         _check_batch(sequences, attention_mask)
         if isinstance(num_actions, bool) or not isinstance(num_actions, int) or not 1 <= num_actions < sequences.size(1):
             raise ValueError(f"num_actions must be an int in [1, {sequences.size(1) - 1}] for sequences of length "
                              f"{sequences.size(1)}, got {num_actions!r}")
         kw = _forward_kwargs(self.model, sequences, attention_mask)
         if _accepts(self.model, 'logits_to_keep'): kw['logits_to_keep'] = num_actions + 1
-        logits = self.model(**kw).logits[:, -(num_actions + 1):]          # (B, A+1, V)
-        return log_probs_from_logits(logits[:, :-1], sequences[:, -num_actions:])   # (B, A)
+        return self.model(**kw).logits[:, -(num_actions + 1):-1]          # (B, A, V)
+
+    def forward(self,
+                sequences: torch.LongTensor,   # (B, S) prompt + response
+                num_actions: int,              # A: the response is the last A tokens
+                attention_mask: torch.Tensor|None = None, # (B, S) 1 = real token
+                *,
+                temperature: float|None = None, # log-probs under the sampling distribution: temperature ...
+                top_k: int|None = None,         # ... top-k filter (None/0 = off) ...
+                top_p: float|None = None,       # ... top-p filter (None/1.0 = off), as in `generate`
+               ) -> torch.Tensor:              # (B, A) action log-probs
+        "Log-probabilities of the last `num_actions` tokens of `sequences`, under the model or the sampling distribution."
+        logits = self.action_logits(sequences, num_actions, attention_mask)   # (B, A, V)
+        actions = sequences[:, -num_actions:]                                 # (B, A)
+        if temperature is None and top_k is None and top_p is None:
+            return log_probs_from_logits(logits, actions)                    # (B, A)
+        scores = process_logits(logits.float(), top_k, top_p, temperature)   # (B, A, V), -inf where filtered out
+        lp = scores.log_softmax(-1).gather(-1, actions[..., None]).squeeze(-1)   # (B, A), -inf for a filtered token
+        return torch.where(torch.isfinite(lp), lp, torch.full_like(lp, LOGPROB_FLOOR))
 
     @torch.no_grad()
     def generate(self,
