@@ -202,14 +202,20 @@ class Actor(LoRAModule):
                 *,
                 temperature: float|None = None, # log-probs under the sampling distribution: temperature ...
                 top_k: int|None = None,         # ... top-k filter (None/0 = off) ...
-                top_p: float|None = None,       # ... top-p filter (None/1.0 = off), as in `generate`
+                top_p: float|None = None,       # ... top-p filter (None/1.0 = off), as in `generate` ...
+                min_new_tokens: int = 0,        # ... and EOS forbidden at the first `min_new_tokens` actions ...
+                eos_token_id: int|None = None,  # ... (the EOS id, needed with min_new_tokens)
                ) -> torch.Tensor:              # (B, A) action log-probs
         "Log-probabilities of the last `num_actions` tokens of `sequences`, under the model or the sampling distribution."
         logits = self.action_logits(sequences, num_actions, attention_mask)   # (B, A, V)
         actions = sequences[:, -num_actions:]                                 # (B, A)
-        if temperature is None and top_k is None and top_p is None:
+        if temperature is None and top_k is None and top_p is None and not min_new_tokens:
             return log_probs_from_logits(logits, actions)                    # (B, A)
-        scores = process_logits(logits.float(), top_k, top_p, temperature)   # (B, A, V), -inf where filtered out
+        logits = logits.float()
+        if min_new_tokens:                                                    # as `generate`: no EOS before min_new_tokens
+            if eos_token_id is None: raise ValueError("min_new_tokens needs eos_token_id")
+            logits = logits.clone(); logits[:, :min_new_tokens, eos_token_id] = float('-inf')
+        scores = process_logits(logits, top_k, top_p, temperature)           # (B, A, V), -inf where filtered out
         lp = scores.log_softmax(-1).gather(-1, actions[..., None]).squeeze(-1)   # (B, A), -inf for a filtered token
         return torch.where(torch.isfinite(lp), lp, torch.full_like(lp, LOGPROB_FLOOR))
 
