@@ -4,7 +4,8 @@
 
 # %% ../nbs/15_cli.ipynb #509fdaed
 from __future__ import annotations
-import argparse, json, math, os, sys
+import argparse, copy, json, math, os, sys
+from types import SimpleNamespace
 from dataclasses import asdict, fields
 from pathlib import Path
 
@@ -13,17 +14,17 @@ import torch
 from .dataset import (DataCollatorForPreferenceDataset, DataCollatorForPromptDataset, DataCollatorForSupervisedDataset,
                               HhRlhfDataset, PromptDataset, RmStaticDataset, SFTDataset, SupervisedDataset, read_rows)
 from .models import MODEL_FAMILIES, family_class, tiny_config
-from .pipeline import PPO_PRESETS, PipelineConfig, TextDataset, _save_hf, run_pipeline
+from .pipeline import PipelineConfig, TextDataset, _save_hf, run_pipeline
 from .strategies import STRATEGY_NAMES, strategy_from_name
 from .tokenizer import load_tokenizer
 from .toy_task import toy_data_path
-from .trainer.ppo import PPOTrainer
+from .trainer.ppo import PPO_PRESETS, PPOTrainer, ppo_preset
 from .trainer.rm import RewardModelTrainer
 from .trainer.sft import SFTTrainer
 
 # %% auto #0
 __all__ = ['sft_parser', 'train_sft_cli', 'rm_parser', 'train_rm_cli', 'load_reward_model_weights', 'prompts_parser',
-           'experience_options', 'train_prompts_cli', 'pipeline_parser', 'pipeline_cli']
+           'experience_options', 'build_ppo', 'train_prompts_cli', 'pipeline_parser', 'pipeline_cli']
 
 # %% ../nbs/15_cli.ipynb #f8b98f13
 def _positive(kind):
@@ -95,11 +96,11 @@ def _tokenizer(a):
     src = a.tokenizer or (a.pretrain if a.pretrain and (Path(a.pretrain)/'tokenizer.json').is_file() else None)
     return load_tokenizer(src)
 
-def _model(a, role: str, tokenizer, pretrained=None):
-    "The family class of --model for `role`, from a folder or a fresh tiny config over the tokenizer."
+def _model(a, role: str, tokenizer, pretrained=None, **options):
+    "The family class of --model for `role`, from a folder or a fresh tiny config over the tokenizer; `options` go to the role (e.g. pooling)."
     cls = family_class(a.model, role)
     pretrained = pretrained if pretrained is not None else a.pretrain
-    kw = dict(checkpoint=a.grad_checkpoint, lora_rank=a.lora_rank, lora_train_bias=a.lora_train_bias)
+    kw = dict(checkpoint=a.grad_checkpoint, lora_rank=a.lora_rank, lora_train_bias=a.lora_train_bias, **options)
     if pretrained: return cls(pretrained=pretrained, **kw)
     cfg = tiny_config(a.model, vocab_size=len(tokenizer), hidden_size=64, num_layers=2, num_heads=4, max_positions=max(256, a.max_len + 64),
                       pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
@@ -244,7 +245,7 @@ def prompts_parser() -> argparse.ArgumentParser:
     p.add_argument('--ptx_batch_size', type=_positive(int), default=1)
     p.add_argument('--experience_batch_size', type=_positive(int), default=8)
     p.add_argument('--kl_coef', type=_non_negative(float), default=0.1)
-    p.add_argument('--ptx_coef', type=_non_negative(float), default=0.9)
+    p.add_argument('--ptx_coef', type=_non_negative(float), default=None, help='PTX weight (default: the preset\'s, 0.9 as ColossalChat); convex in coati, additive in corrected')
     p.add_argument('--critic_lr', type=_positive(float), default=None, help='critic learning rate (default: --lr)')
     p.add_argument('--max_input_len', type=_positive(int), default=96, help='longest prompt in tokens')
     p.add_argument('--max_new_tokens', type=_positive(int), default=32, help='longest response')
@@ -259,16 +260,16 @@ def prompts_parser() -> argparse.ArgumentParser:
     p.add_argument('--whiten_advantages', type=_bool, default=None)
     p.add_argument('--sampling_logprobs', type=_bool, default=None, help='old log-probs from the (top-k) sampling distribution')
     p.add_argument('--no_eos_penalty', type=float, default=None, help='subtracted from the score of a response without EOS')
-    p.add_argument('--ptx_mode', choices=('additive', 'convex'), default='additive')
-    p.add_argument('--ptx_stream', choices=('advance', 'restart'), default='advance')
+    p.add_argument('--ptx_mode', choices=('additive', 'convex'), default=None, help='default: the preset\'s (coati: convex, corrected: additive)')
+    p.add_argument('--ptx_stream', choices=('advance', 'restart'), default=None, help='default: the preset\'s (coati: restart, corrected: advance)')
     p.add_argument('--ckpt_dir', default=None, help='resumable checkpoints (default: SAVE_PATH/checkpoints)')
     p.add_argument('--save_interval', type=_non_negative(int), default=1, help='checkpoint every N updates')
     p.add_argument('--resume', action='store_true', help='continue from the newest checkpoint in --ckpt_dir')
     return p
 
 def experience_options(a) -> dict:
-    "The preset named by --ppo_preset with every explicitly given override."
-    opts = dict(PPO_PRESETS[a.ppo_preset])
+    "The experience options of the preset named by --ppo_preset with every explicitly given override."
+    opts = dict(PPO_PRESETS[a.ppo_preset]['experience'])
     for flag, key in (('kl_estimator', 'kl_estimator'), ('kl_mode', 'kl_mode'), ('gae', 'gae'),
                       ('whiten_advantages', 'whiten_advantages'), ('sampling_logprobs', 'use_sampling_logprobs'),
                       ('no_eos_penalty', 'no_eos_penalty')):
@@ -276,19 +277,21 @@ def experience_options(a) -> dict:
     return opts
 
 # %% ../nbs/15_cli.ipynb #67290478
-def train_prompts_cli(argv: list[str]|None = None) -> int:
-    "coati_nb_train_prompts: PPO (+PTX) with ColossalChat's flags."
-    a = prompts_parser().parse_args(argv)
-    _check_paths(a, 'pretrain', 'tokenizer', 'prompt_dataset', 'pretrain_dataset', 'rm_pretrain', 'rm_path', 'ckpt_dir' if a.resume else 'pretrain')
-    if a.resume and not (a.ckpt_dir or a.save_path): raise SystemExit("error: --resume needs --ckpt_dir or --save_path")
-    if a.ptx_mode == 'convex' and a.ptx_coef > 1: raise SystemExit(f"error: --ptx_coef {a.ptx_coef} must be <= 1 with --ptx_mode convex")
-    _check_writable(a, 'save_path', 'ckpt_dir')
-    opts = experience_options(a)
+def build_ppo(a: argparse.Namespace, # parsed `prompts_parser()` flags
+             ) -> SimpleNamespace:   # strategy, tokenizer, actor, critic, reward_model, initial_model, optimizers, loaders, trainer, preset
+    "Everything train_prompts builds from its flags, with the options of --ppo_preset (the code the parity tests run)."
+    preset = ppo_preset(a.ppo_preset)
+    opts, tr, mo = experience_options(a), preset['trainer'], preset['models']
+    if a.ptx_mode is not None: tr['ptx_mode'] = a.ptx_mode
+    if a.ptx_stream is not None: tr['ptx_stream'] = a.ptx_stream
+    ptx_coef = preset['ptx_coef'] if a.ptx_coef is None else a.ptx_coef
+    if tr['ptx_mode'] == 'convex' and ptx_coef > 1: raise SystemExit(f"error: --ptx_coef {ptx_coef} must be <= 1 with --ptx_mode convex")
     strategy = strategy_from_name(a.strategy, seed=a.seed)
     tok = _tokenizer(a)
+    if mo['pad_is_eos']: tok.pad_token = tok.eos_token          # ColossalChat: tokenizer.pad_token = tokenizer.eos_token
     prompts = PromptDataset(a.prompt_dataset or toy_data_path('prompts'), tok, a.max_datasets_size, a.max_input_len)
     ptx_dl = None
-    if a.ptx_coef > 0:
+    if ptx_coef > 0:
         rows = read_rows(a.pretrain_dataset or toy_data_path('sft'))
         ptx = TextDataset(rows, tok, a.max_len) if 'text' in rows[0] else SupervisedDataset(rows, tok, max_length=a.max_len)
         ptx_dl = strategy.setup_dataloader(ptx, a.ptx_batch_size, collate_fn=DataCollatorForSupervisedDataset(tok))
@@ -296,11 +299,14 @@ def train_prompts_cli(argv: list[str]|None = None) -> int:
         actor = _model(a, 'actor', tok)
         initial = family_class(a.model, 'actor')(pretrained=a.pretrain) if a.pretrain else None
         if initial is None:                                    # a fresh tiny actor: its own frozen copy
-            import copy; initial = copy.deepcopy(actor)
+            initial = copy.deepcopy(actor)
         rm_args = argparse.Namespace(**{**vars(a), 'model': a.rm_model or a.model, 'lora_rank': 0})
         rm_src = a.rm_pretrain or a.pretrain
-        reward_model = _model(rm_args, 'rm', tok, rm_src)
-        critic = _model(argparse.Namespace(**{**vars(a), 'model': a.rm_model or a.model}), 'critic', tok, rm_src)
+        # a pooling saved with a trained reward model wins over the preset's (a mean-trained head scored by its last token is noise)
+        rm_opts = {} if _saved_head_option(rm_src, 'pooling') else dict(pooling=mo['rm_pooling'])
+        reward_model = _model(rm_args, 'rm', tok, rm_src, **rm_opts)
+        critic = _model(argparse.Namespace(**{**vars(a), 'model': a.rm_model or a.model}), 'critic', tok, rm_src,
+                        use_action_mask=mo['critic_use_action_mask'])
     if a.rm_path:
         load_reward_model_weights(reward_model, a.rm_path); load_reward_model_weights(critic, a.rm_path)
     initial.requires_grad_(False); reward_model.requires_grad_(False)
@@ -312,17 +318,39 @@ def train_prompts_cli(argv: list[str]|None = None) -> int:
     ckpt = a.ckpt_dir or (Path(a.save_path)/'checkpoints' if a.save_path else None)
     metrics = a.metrics_path or (Path(a.save_path)/'metrics.jsonl' if a.save_path else None)
     trainer = PPOTrainer(strategy, actor, critic, reward_model, initial, actor_optim, critic_optim, kl_coef=a.kl_coef,
-                         ptx_coef=a.ptx_coef, train_batch_size=a.train_batch_size, eps_clip=a.eps_clip, value_clip=a.value_clip,
-                         max_epochs=a.max_epochs, experience_options=opts, ptx_mode=a.ptx_mode, ptx_stream=a.ptx_stream,
-                         max_norm=1.0, pad_token_id=tok.pad_token_id, metrics_path=metrics, ckpt_dir=ckpt,
+                         ptx_coef=ptx_coef, train_batch_size=a.train_batch_size, eps_clip=a.eps_clip, value_clip=a.value_clip,
+                         max_epochs=a.max_epochs, experience_options=opts, **tr,
+                         pad_token_id=tok.pad_token_id, metrics_path=metrics, ckpt_dir=ckpt,
                          save_interval=a.save_interval, max_new_tokens=a.max_new_tokens, do_sample=True,
-                         top_k=a.top_k or None, temperature=a.temperature, eos_token_id=tok.eos_token_id)
-    dl = strategy.setup_dataloader(prompts, a.experience_batch_size, collate_fn=DataCollatorForPromptDataset(tok))
-    hist = trainer.fit(dl, ptx_dl, a.num_episodes, a.max_timesteps, a.update_timesteps, resume=a.resume)
-    if strategy.is_rank_0() and hist:
-        h = hist[-1]; print(f"PPO: {trainer.update_step} updates; last score {h['objective/scores']:.4f}, KL {h['objective/kl']:.4f}")
-    _save(strategy, actor, tok, a, actor_optim)
+                         top_k=a.top_k or None, temperature=a.temperature, eos_token_id=tok.eos_token_id, **preset['generation'])
+    prompt_dl = strategy.setup_dataloader(prompts, a.experience_batch_size, collate_fn=DataCollatorForPromptDataset(tok))
+    return SimpleNamespace(strategy=strategy, tokenizer=tok, actor=actor, critic=critic, reward_model=reward_model,
+                           initial_model=initial, actor_optim=actor_optim, critic_optim=critic_optim, prompt_dataloader=prompt_dl,
+                           pretrain_dataloader=ptx_dl, trainer=trainer, preset=preset, ptx_coef=ptx_coef)
+
+def _saved_head_option(folder, name: str):
+    "An option saved beside a value head (see 03_models), or None."
+    if not folder: return None
+    for fname in ('head_options.json', 'reward_head.json', 'value_head.json'):
+        f = Path(folder)/fname
+        if f.is_file():
+            try: return json.loads(f.read_text()).get(name)
+            except (OSError, ValueError): return None
+    return None
+
+def train_prompts_cli(argv: list[str]|None = None) -> int:
+    "coati_nb_train_prompts: PPO (+PTX) with ColossalChat's flags."
+    a = prompts_parser().parse_args(argv)
+    _check_paths(a, 'pretrain', 'tokenizer', 'prompt_dataset', 'pretrain_dataset', 'rm_pretrain', 'rm_path', 'ckpt_dir' if a.resume else 'pretrain')
+    if a.resume and not (a.ckpt_dir or a.save_path): raise SystemExit("error: --resume needs --ckpt_dir or --save_path")
+    _check_writable(a, 'save_path', 'ckpt_dir')
+    b = build_ppo(a)
+    hist = b.trainer.fit(b.prompt_dataloader, b.pretrain_dataloader, a.num_episodes, a.max_timesteps, a.update_timesteps, resume=a.resume)
+    if b.strategy.is_rank_0() and hist:
+        h = hist[-1]; print(f"PPO: {b.trainer.update_step} updates; last score {h['objective/scores']:.4f}, KL {h['objective/kl']:.4f}")
+    _save(b.strategy, b.actor, b.tokenizer, a, b.actor_optim)
     return 0
+
 
 # %% ../nbs/15_cli.ipynb #19763718
 def pipeline_parser() -> argparse.ArgumentParser:
@@ -333,6 +361,7 @@ def pipeline_parser() -> argparse.ArgumentParser:
         elif f.name == 'loss_fn': p.add_argument('--loss_fn', choices=('log_sig', 'log_exp'), default=f.default)
         elif f.type in ('int', 'int|None'): p.add_argument(f'--{f.name}', type=_non_negative(int), default=f.default)
         elif f.type == 'float': p.add_argument(f'--{f.name}', type=_non_negative(float), default=f.default)
+        elif f.type == 'float|None': p.add_argument(f'--{f.name}', type=_non_negative(float), default=f.default, help='default: the preset\'s')
         else: p.add_argument(f'--{f.name}', default=f.default)
     p.add_argument('--ablation', action='store_true', help='also run PPO with every preset and write the table')
     return p

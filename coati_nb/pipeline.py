@@ -19,25 +19,17 @@ from .strategies import NaiveStrategy
 from .tokenizer import load_tokenizer
 from .toy_task import corrupt_response, format_prompt, gold_reward, gold_reward_terms, solve_instruction, toy_data_path
 from .trainer.base import read_metrics
-from .trainer.ppo import PPOTrainer
+from .trainer.ppo import PPO_PRESETS, PPOTrainer, ppo_preset
 from .trainer.rm import RewardModelTrainer
 from .trainer.sft import SFTTrainer
 from .utils import atomic_write, count_parameters, set_seed
 
 # %% auto #0
-__all__ = ['PPO_PRESETS', 'NOISE_KINDS', 'PipelineConfig', 'TextDataset', 'noisy_demonstrations', 'tiny_llama_config', 'run_pt',
-           'run_sft', 'run_rm', 'answer', 'gold_eval', 'paired_interval', 'run_ppo', 'run_pipeline', 'run_ablation',
+__all__ = ['NOISE_KINDS', 'PipelineConfig', 'TextDataset', 'noisy_demonstrations', 'tiny_llama_config', 'run_pt', 'run_sft',
+           'rm_folder', 'run_rm', 'answer', 'gold_eval', 'paired_interval', 'run_ppo', 'run_pipeline', 'run_ablation',
            'plot_metrics', 'write_report']
 
 # %% ../nbs/14_pipeline.ipynb #7c063d94
-PPO_PRESETS = {
-    # ColossalChat exactly: reversed k3, sequence-mean KL off the score, advantage = reward − value, top-k log-probs unfiltered
-    'coati': dict(kl_estimator='k3_coati', kl_mode='sequence', gae=False, whiten_advantages=False, use_sampling_logprobs=False),
-    # every correction of 06_experience
-    'corrected': dict(kl_estimator='k3', kl_mode='per_token', gae=True, gamma=1.0, lam=0.95, whiten_advantages=True,
-                      use_sampling_logprobs=True),
-}
-
 @dataclass
 class PipelineConfig:
     "Every knob of the bundled PT → SFT → RM → PPO run; the defaults are the demo on a laptop CPU."
@@ -64,7 +56,7 @@ class PipelineConfig:
     rm_batch_size: int = 32          # pairs per step
     loss_fn: str = 'log_sig'         # 'log_sig' or 'log_exp'
     # 3. PPO
-    ppo_preset: str = 'corrected'    # 'corrected' or 'coati' (ColossalChat's algorithm), see PPO_PRESETS
+    ppo_preset: str = 'corrected'    # 'corrected' or 'coati' (ColossalChat's train_prompts.py), see 11_ppo's PPO_PRESETS
     num_episodes: int = 6            # episodes
     max_timesteps: int = 8           # rollouts per episode
     update_timesteps: int = 2        # learn every this many rollouts
@@ -74,7 +66,7 @@ class PipelineConfig:
     actor_lr: float = 5e-5           # actor learning rate
     critic_lr: float = 1e-4          # critic learning rate
     kl_coef: float = 0.2             # β of the KL penalty
-    ptx_coef: float = 0.0            # weight of the PTX loss on the SFT data (0: off)
+    ptx_coef: float|None = None      # weight of the PTX loss on the SFT data (None: the preset's; 0: off)
     max_new_tokens: int = 16         # response length limit
     min_new_tokens: int = 1          # no EOS before this many tokens: rules out the empty answer (see 04_generation)
     top_k: int = 50                  # sampling top-k during rollouts (0: off)
@@ -87,6 +79,8 @@ class PipelineConfig:
 
     def __post_init__(self):
         if self.ppo_preset not in PPO_PRESETS: raise ValueError(f"ppo_preset must be one of {list(PPO_PRESETS)}, got {self.ppo_preset!r}")
+        if self.ptx_coef is not None and not 0 <= self.ptx_coef < float('inf'):
+            raise ValueError(f"PipelineConfig.ptx_coef must be a finite number >= 0 or None, got {self.ptx_coef}")
         if self.loss_fn not in ('log_sig', 'log_exp'): raise ValueError(f"loss_fn must be 'log_sig' or 'log_exp', got {self.loss_fn!r}")
         if self.hidden_size % self.num_heads: raise ValueError(f"hidden_size={self.hidden_size} is not divisible by num_heads={self.num_heads}")
         for f in fields(self):
@@ -197,10 +191,16 @@ def run_sft(cfg: PipelineConfig, tokenizer, out: Path, pretrained: Path, strateg
     _save_hf(model, tokenizer, out/'sft'); return out/'sft'
 
 # %% ../nbs/14_pipeline.ipynb #d97b59ee
-def run_rm(cfg: PipelineConfig, tokenizer, out: Path, pretrained: Path, strategy=None) -> tuple[Path, dict]:
+def rm_folder(pooling: str) -> str:
+    "The folder name of the reward model trained with `pooling`: 'rm' (last token) or 'rm_mean' (ColossalChat's mean)."
+    return 'rm' if pooling == 'last' else f'rm_{pooling}'
+
+def run_rm(cfg: PipelineConfig, tokenizer, out: Path, pretrained: Path, strategy=None,
+           pooling: str = 'last',  # the head's pooling: 'last' (corrected) or 'mean' (ColossalChat); saved with the model
+          ) -> tuple[Path, dict]:
     "2. Train the reward model from the SFT model on the preference pairs; returns the folder and the held-out metrics."
     strategy = strategy or NaiveStrategy(seed=cfg.seed); set_seed(cfg.seed)
-    rm = family_class('llama', 'rm')(pretrained=pretrained)
+    rm = family_class('llama', 'rm')(pretrained=pretrained, pooling=pooling)
     train = RmStaticDataset(toy_data_path('rm_pairs'), tokenizer, cfg.max_len)
     held_out = RmStaticDataset(toy_data_path('rm_eval_pairs'), tokenizer, cfg.max_len)
     collate = DataCollatorForPreferenceDataset(tokenizer)
@@ -208,10 +208,10 @@ def run_rm(cfg: PipelineConfig, tokenizer, out: Path, pretrained: Path, strategy
     n_steps = cfg.rm_epochs * math.ceil(len(train) / cfg.rm_batch_size)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.rm_lr, total_steps=n_steps, pct_start=0.1)
     t = RewardModelTrainer(rm, strategy, opt, sched, loss_fn=cfg.loss_fn, max_epochs=cfg.rm_epochs, max_norm=1.0,
-                           metrics_path=out/'metrics'/'rm.jsonl')
+                           metrics_path=out/'metrics'/f'{rm_folder(pooling)}.jsonl')
     t.fit(_loader(strategy, train, cfg.rm_batch_size, collate), eval_dataloader=_loader(strategy, held_out, 64, collate, False))
     ev = t.evaluate(_loader(strategy, held_out, 64, collate, False))
-    _save_hf(rm, tokenizer, out/'rm'); return out/'rm', ev
+    _save_hf(rm, tokenizer, out/rm_folder(pooling)); return out/rm_folder(pooling), ev
 
 # %% ../nbs/14_pipeline.ipynb #f8b8e2f7
 @torch.no_grad()
@@ -262,29 +262,35 @@ def run_ppo(cfg: PipelineConfig, tokenizer, out: Path, sft_path: Path, rm_path: 
             name: str = 'ppo', callbacks=()) -> tuple[Path, nn.Module, list[dict]]:
     "3. PPO from the SFT actor against the trained reward model; returns the actor folder, the actor and the metrics."
     strategy = strategy or NaiveStrategy(seed=cfg.seed); set_seed(cfg.seed)
+    preset = ppo_preset(cfg.ppo_preset)
+    ptx_coef = preset['ptx_coef'] if cfg.ptx_coef is None else cfg.ptx_coef
+    save_tokenizer = tokenizer
+    if preset['models']['pad_is_eos']:                        # ColossalChat: tokenizer.pad_token = tokenizer.eos_token
+        tokenizer = copy.deepcopy(tokenizer); tokenizer.pad_token = tokenizer.eos_token
     Actor, Critic, RM = (family_class('llama', r) for r in ('actor', 'critic', 'rm'))
     actor, initial = Actor(pretrained=sft_path), Actor(pretrained=sft_path).requires_grad_(False)
-    critic, reward_model = Critic(pretrained=rm_path), RM(pretrained=rm_path).requires_grad_(False)
+    critic = Critic(pretrained=rm_path, use_action_mask=preset['models']['critic_use_action_mask'])
+    reward_model = RM(pretrained=rm_path).requires_grad_(False)          # the pooling saved with it
     prompts = PromptDataset(toy_data_path('prompts'), tokenizer, max_length=cfg.max_len)
     prompt_dl = _loader(strategy, prompts, cfg.experience_batch_size, DataCollatorForPromptDataset(tokenizer))
     ptx_dl = None
-    if cfg.ptx_coef > 0:
+    if ptx_coef > 0:
         ptx = SupervisedDataset(toy_data_path('sft'), tokenizer, max_length=cfg.max_len)
         ptx_dl = _loader(strategy, ptx, cfg.train_batch_size, DataCollatorForSupervisedDataset(tokenizer))
     actor_optim = torch.optim.Adam(actor.parameters(), lr=cfg.actor_lr)
     critic_optim = torch.optim.Adam(critic.parameters(), lr=cfg.critic_lr)
     (actor, actor_optim), (critic, critic_optim) = strategy.prepare((actor, actor_optim), (critic, critic_optim))
     gen = dict(max_new_tokens=cfg.max_new_tokens, min_new_tokens=cfg.min_new_tokens, do_sample=True, top_k=cfg.top_k or None, temperature=cfg.temperature,
-               eos_token_id=tokenizer.eos_token_id)
+               eos_token_id=tokenizer.eos_token_id, **preset['generation'])
     trainer = PPOTrainer(strategy, actor, critic, reward_model, initial, actor_optim, critic_optim, kl_coef=cfg.kl_coef,
-                         ptx_coef=cfg.ptx_coef, train_batch_size=cfg.train_batch_size, max_epochs=cfg.ppo_epochs,
-                         experience_options=PPO_PRESETS[cfg.ppo_preset], pad_token_id=tokenizer.pad_token_id, max_norm=1.0,
+                         ptx_coef=ptx_coef, train_batch_size=cfg.train_batch_size, max_epochs=cfg.ppo_epochs,
+                         experience_options=preset['experience'], **preset['trainer'], pad_token_id=tokenizer.pad_token_id,
                          metrics_path=out/'metrics'/f'{name}.jsonl', ckpt_dir=out/'checkpoints'/name,
                          save_interval=cfg.save_interval, callbacks=callbacks, **gen)
     hist = trainer.fit(prompt_dl, ptx_dl, num_episodes=cfg.num_episodes, max_timesteps=cfg.max_timesteps,
                        update_timesteps=cfg.update_timesteps, resume=cfg.resume)
     actor = strategy.unwrap_model(actor)
-    if strategy.is_rank_0(): _save_hf(actor, tokenizer, out/name)
+    if strategy.is_rank_0(): _save_hf(actor, save_tokenizer, out/name)
     strategy.barrier()
     return out/name, actor, hist
 
@@ -308,11 +314,16 @@ def run_pipeline(cfg: PipelineConfig|None = None, # the run's settings (default:
     tok = load_tokenizer()
     pt = _stage(cfg, out/'pt', run_pt, cfg, tok, out)
     sft = _stage(cfg, out/'sft', run_sft, cfg, tok, out, pt)
-    if cfg.resume and (out/'rm'/'config.json').is_file() and (out/'rm_eval.json').is_file():
-        rm, rm_ev = out/'rm', json.loads((out/'rm_eval.json').read_text())
-    else:
-        rm, rm_ev = run_rm(cfg, tok, out, sft)
-        (out/'rm_eval.json').write_text(json.dumps(rm_ev))
+    rms = {}                                               # pooling -> (folder, held-out metrics)
+    def reward_model(pooling):
+        if pooling not in rms:
+            d, ev_file = out/rm_folder(pooling), out/f'{rm_folder(pooling)}_eval.json'
+            if cfg.resume and (d/'config.json').is_file() and ev_file.is_file(): rms[pooling] = d, json.loads(ev_file.read_text())
+            else:
+                rms[pooling] = run_rm(cfg, tok, out, sft, pooling=pooling)
+                ev_file.write_text(json.dumps(rms[pooling][1]))
+        return rms[pooling]
+    rm, rm_ev = reward_model(PPO_PRESETS[cfg.ppo_preset]['models']['rm_pooling'])
     _, actor, _ = run_ppo(cfg, tok, out, sft, rm)
     instructions = _load_eval_instructions()
     sft_model = family_class('llama', 'actor')(pretrained=sft)
@@ -328,7 +339,7 @@ def run_pipeline(cfg: PipelineConfig|None = None, # the run's settings (default:
                'correct_sft_greedy': ev_sft['greedy_correct'], 'correct_ppo_greedy': ev_ppo['greedy_correct'],
                'ppo_updates': len(ppo_hist), 'ppo_preset': cfg.ppo_preset, 'n_eval_prompts': len(instructions)}
     summary['ppo_beats_sft'] = summary['gold_gain_interval']['low'] > 0
-    if ablation: summary['ablation'] = run_ablation(cfg, tok, out, sft, rm, instructions)
+    if ablation: summary['ablation'] = run_ablation(cfg, tok, out, sft, reward_model, instructions)
     summary['wall_seconds'] = time.time() - t0
     with atomic_write(out/'summary.json') as p: p.write_text(json.dumps(summary, indent=1, ensure_ascii=False))
     plot_metrics(out)
@@ -336,15 +347,18 @@ def run_pipeline(cfg: PipelineConfig|None = None, # the run's settings (default:
     return summary
 
 # %% ../nbs/14_pipeline.ipynb #a11b63c9
-def run_ablation(cfg: PipelineConfig, tokenizer, out: Path, sft: Path, rm: Path, instructions: list[str]) -> dict:
-    "PPO with every preset from the same SFT and RM; returns {preset: metrics}."
+def run_ablation(cfg: PipelineConfig, tokenizer, out: Path, sft: Path,
+                 reward_model,              # pooling -> (RM folder, held-out metrics), training it when needed
+                 instructions: list[str]) -> dict:
+    "PPO with every preset from the same SFT, each with a reward model of its pooling; returns {preset: metrics}."
     rows = {}
     for preset in PPO_PRESETS:
         c = PipelineConfig(**{**asdict(cfg), 'ppo_preset': preset, 'resume': False})
+        rm, rm_ev = reward_model(PPO_PRESETS[preset]['models']['rm_pooling'])
         _, actor, hist = run_ppo(c, tokenizer, out, sft, rm, name=f'ablation_{preset}')
         ev = gold_eval(actor, tokenizer, instructions, c, c.seed)
         rows[preset] = {'gold_reward': sum(ev['sampled']) / len(ev['sampled']), 'gold_reward_greedy': sum(ev['greedy']) / len(ev['greedy']),
-                        'rm_score': hist[-1]['objective/scores'], 'kl': hist[-1]['objective/kl_k3'],
+                        'rm_accuracy': rm_ev['eval/acc'], 'rm_score': hist[-1]['objective/scores'], 'kl': hist[-1]['objective/kl_k3'],
                         'eos_rate': ev['sampled_eos'], 'length': ev['lengths']}
     return rows
 
@@ -385,10 +399,10 @@ def write_report(out: Path, summary: dict, instructions: list[str], ev_sft: dict
              f"- EOS rate (sampled): SFT {summary['eos_rate_sft']:.2f} → PPO {summary['eos_rate_ppo']:.2f}; PPO preset `{summary['ppo_preset']}`",
              f"- wall time: {summary['wall_seconds']:.0f} s", '']
     if 'ablation' in summary:
-        lines += ['## Ablation (same SFT, RM and seeds)', '', '| preset | gold reward | gold (greedy) | RM score | KL | EOS rate | length |',
-                  '|---|---|---|---|---|---|---|']
+        lines += ['## Ablation (same SFT and seeds; each preset with a reward model of its pooling)', '',
+                  '| preset | gold reward | gold (greedy) | RM held-out acc | RM score | KL | EOS rate | length |', '|---|---|---|---|---|---|---|---|']
         for k, r in summary['ablation'].items():
-            lines.append(f"| {k} | {r['gold_reward']:.3f} | {r['gold_reward_greedy']:.3f} | {r['rm_score']:.3f} | {r['kl']:.4f} | {r['eos_rate']:.2f} | {r['length']:.1f} |")
+            lines.append(f"| {k} | {r['gold_reward']:.3f} | {r['gold_reward_greedy']:.3f} | {r['rm_accuracy']:.3f} | {r['rm_score']:.3f} | {r['kl']:.4f} | {r['eos_rate']:.2f} | {r['length']:.1f} |")
         lines.append('')
     lines += ['## Answers before and after PPO (greedy)', '', '| instruction | SFT | PPO | gold SFT → PPO |', '|---|---|---|---|']
     cell = lambda s: s.replace('|', '\\|').replace('\n', ' ') or '∅'
