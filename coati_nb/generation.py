@@ -137,6 +137,8 @@ def generate(model: nn.Module,              # a causal LM (transformers) or an o
              use_cache: bool = True,        # reuse keys/values (KV cache) instead of re-running the whole sequence
              return_log_probs: bool = False,# also return log-probs of the sampled tokens under the sampling distribution
              generator: torch.Generator|None = None, # random generator for sampling (None = torch's global one)
+             position_ids_from_mask: bool = True, # False: pass no position ids (the model's default, 0..S-1 for GPT-2)
+             attention_mask_from_pad: bool = False, # True: return ColossalChat's mask `sequences != pad_token_id`
             ):
     "Sample continuations; returns (sequences (B,S), attention_mask (B,S), action_mask (B,A)[, log_probs (B,A)])."
     if hasattr(model, 'get_base_model'): model = model.get_base_model()
@@ -155,9 +157,12 @@ def generate(model: nn.Module,              # a causal LM (transformers) or an o
                          if max_new_tokens is None else f"max_new_tokens must be >= 1, got {max_new_tokens}")
     if do_sample: _check_temperature(temperature)
     if not 0 <= min_new_tokens <= n_new: raise ValueError(f"min_new_tokens must be in [0, {n_new}] (the response length limit), got {min_new_tokens}")
+    if attention_mask_from_pad and pad_token_id is None:
+        raise ValueError("attention_mask_from_pad=True needs pad_token_id: the mask is `sequences != pad_token_id`")
 
     mask = _prompt_attention_mask(input_ids, attention_mask, pad_token_id)   # (B, S0)
-    pass_pos, keep1 = _accepts(model, 'position_ids'), _accepts(model, 'logits_to_keep')
+    pass_pos, keep1 = position_ids_from_mask and _accepts(model, 'position_ids'), _accepts(model, 'logits_to_keep')
+    cache_key = 'cache' if _accepts(model, 'cache') else 'past_key_values'   # transformers >= 5.2x renamed the KV cache
     seqs, cache = input_ids, None
     unfinished = torch.ones(B, dtype=torch.bool, device=input_ids.device)    # (B,)
     alive_steps, lp_steps = [], []
@@ -169,9 +174,9 @@ def generate(model: nn.Module,              # a causal LM (transformers) or an o
             pos = position_ids_from_attention_mask(mask)                     # (B, S)
             kwargs['position_ids'] = pos if feed_all else pos[:, -1:]
         if keep1: kwargs['logits_to_keep'] = 1
-        if not feed_all: kwargs['past_key_values'] = cache
+        if not feed_all: kwargs[cache_key] = cache
         out = model(**kwargs)
-        if use_cache: cache = out.past_key_values
+        if use_cache: cache = out.cache if getattr(out, 'cache', None) is not None else out.past_key_values
         logits = out.logits[:, -1, :].float()                                # (B, V)
         if step < min_new_tokens and eos_token_id is not None: logits[:, eos_token_id] = float('-inf')   # too early to stop
         # 2. choose the next token
@@ -194,5 +199,6 @@ def generate(model: nn.Module,              # a causal LM (transformers) or an o
         # 4. stop when everyone is done
         if early_stopping and _all_finished(unfinished): break
     action_mask = torch.stack(alive_steps, dim=1)                            # (B, A)
+    if attention_mask_from_pad: mask = (seqs != pad_token_id).long()          # ColossalChat's mask: hides every pad (and EOS when pad = EOS)
     if return_log_probs: return seqs, mask, action_mask, torch.stack(lp_steps, dim=1)
     return seqs, mask, action_mask

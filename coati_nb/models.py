@@ -4,7 +4,7 @@
 
 # %% ../nbs/03_models.ipynb #d90ba528
 from __future__ import annotations
-import json
+import inspect, json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -20,10 +20,10 @@ from .lora import LoRAModule, LoraLinear
 from .utils import log_probs_from_logits, masked_mean
 
 # %% auto #0
-__all__ = ['MODEL_FAMILIES', 'LOGPROB_FLOOR', 'GPTActor', 'GPTCritic', 'GPTRM', 'GPTLM', 'BLOOMActor', 'BLOOMCritic', 'BLOOMRM',
-           'BLOOMLM', 'OPTActor', 'OPTCritic', 'OPTRM', 'OPTLM', 'LlamaActor', 'LlamaCritic', 'LlamaRM', 'LlamaLM',
-           'ModelFamily', 'register_family', 'get_family', 'tiny_config', 'load_transformer', 'Actor',
-           'make_value_head', 'Critic', 'last_token_index', 'RewardModel', 'LM', 'family_class']
+__all__ = ['MODEL_FAMILIES', 'LOGPROB_FLOOR', 'OPTIONS_FILE', 'GPTActor', 'GPTCritic', 'GPTRM', 'GPTLM', 'BLOOMActor',
+           'BLOOMCritic', 'BLOOMRM', 'BLOOMLM', 'OPTActor', 'OPTCritic', 'OPTRM', 'OPTLM', 'LlamaActor', 'LlamaCritic',
+           'LlamaRM', 'LlamaLM', 'ModelFamily', 'register_family', 'get_family', 'tiny_config', 'load_transformer',
+           'Actor', 'make_value_head', 'Critic', 'last_token_index', 'RewardModel', 'LM', 'family_class']
 
 # %% ../nbs/03_models.ipynb #a008f1cf
 @dataclass(frozen=True)
@@ -146,13 +146,19 @@ def _check_batch(sequences: torch.Tensor, attention_mask: torch.Tensor|None):
     if attention_mask is not None and attention_mask.shape != sequences.shape:
         raise ValueError(f"attention_mask shape {tuple(attention_mask.shape)} != sequences shape {tuple(sequences.shape)}")
 
-def _forward_kwargs(model: nn.Module, sequences: torch.Tensor, attention_mask: torch.Tensor|None) -> dict:
+def _forward_kwargs(model: nn.Module, sequences: torch.Tensor, attention_mask: torch.Tensor|None,
+                    position_ids_from_mask: bool = True, # False: pass no position ids, as ColossalChat does
+                   ) -> dict:
     "Keyword arguments for a transformers forward: ids, mask, position ids from the mask, no KV cache."
     _check_batch(sequences, attention_mask)
     kw = dict(input_ids=sequences, attention_mask=attention_mask, use_cache=False)
-    if attention_mask is not None and _accepts(model, 'position_ids'):
+    if position_ids_from_mask and attention_mask is not None and _accepts(model, 'position_ids'):
         kw['position_ids'] = position_ids_from_attention_mask(attention_mask)   # (B, S)
     return kw
+
+def _check_flag(name: str, value) -> bool:
+    if not isinstance(value, bool): raise ValueError(f"{name} must be True or False, got {value!r}")
+    return value
 
 def _check_lora_args(lora_rank, lora_train_bias):
     if isinstance(lora_rank, bool) or not isinstance(lora_rank, int) or lora_rank < 0:
@@ -175,10 +181,12 @@ class Actor(LoRAModule):
                  model: nn.Module,        # a transformers causal LM
                  lora_rank: int = 0,      # LoRA rank, 0 = no LoRA
                  lora_train_bias: str = 'none', # 'none', 'all' or 'lora_only'
+                 position_ids_from_mask: bool = True, # False: no position ids in forward, as ColossalChat
                 ):
         _check_lora_args(lora_rank, lora_train_bias)
         super().__init__(lora_rank=lora_rank, lora_train_bias=lora_train_bias)
         self.model = model
+        self.position_ids_from_mask = _check_flag('position_ids_from_mask', position_ids_from_mask)
         self.convert_to_lora()
 
     def action_logits(self,
@@ -191,7 +199,7 @@ class Actor(LoRAModule):
         if isinstance(num_actions, bool) or not isinstance(num_actions, int) or not 1 <= num_actions < sequences.size(1):
             raise ValueError(f"num_actions must be an int in [1, {sequences.size(1) - 1}] for sequences of length "
                              f"{sequences.size(1)}, got {num_actions!r}")
-        kw = _forward_kwargs(self.model, sequences, attention_mask)
+        kw = _forward_kwargs(self.model, sequences, attention_mask, self.position_ids_from_mask)
         if _accepts(self.model, 'logits_to_keep'): kw['logits_to_keep'] = num_actions + 1
         return self.model(**kw).logits[:, -(num_actions + 1):-1]          # (B, A, V)
 
@@ -263,11 +271,13 @@ class Critic(LoRAModule):
                  lora_rank: int = 0,               # LoRA rank of the backbone, 0 = no LoRA
                  lora_train_bias: str = 'none',    # 'none', 'all' or 'lora_only'
                  use_action_mask: bool = False,    # ColossalChat: average the values over the prompt when given an action mask
+                 position_ids_from_mask: bool = True, # False: no position ids in forward, as ColossalChat
                 ):
         _check_lora_args(lora_rank, lora_train_bias)
         super().__init__(lora_rank=lora_rank, lora_train_bias=lora_train_bias)
         self.model = model
-        self.use_action_mask = use_action_mask
+        self.use_action_mask = _check_flag('use_action_mask', use_action_mask)
+        self.position_ids_from_mask = _check_flag('position_ids_from_mask', position_ids_from_mask)
         self.convert_to_lora()                     # the backbone only: the head is attached afterwards
         if value_head is not None and getattr(value_head, 'out_features', 1) != 1:
             raise ValueError(f"the critic's value head must output 1 feature, got {value_head.out_features}")
@@ -275,7 +285,7 @@ class Critic(LoRAModule):
 
     def values(self, sequences: torch.LongTensor, attention_mask: torch.Tensor|None = None) -> torch.Tensor:
         "The value head at every position, (B, S)."
-        hidden = self.model(**_forward_kwargs(self.model, sequences, attention_mask)).last_hidden_state  # (B, S, D)
+        hidden = self.model(**_forward_kwargs(self.model, sequences, attention_mask, self.position_ids_from_mask)).last_hidden_state  # (B, S, D)
         return self.value_head(hidden).squeeze(-1)                         # (B, S)
 
     def forward(self,
@@ -322,12 +332,14 @@ class RewardModel(LoRAModule):
                  lora_rank: int = 0,               # LoRA rank of the backbone, 0 = no LoRA
                  lora_train_bias: str = 'none',    # 'none', 'all' or 'lora_only'
                  pooling: str = 'last',            # 'last' real token (corrected) or 'mean' (ColossalChat)
+                 position_ids_from_mask: bool = True, # False: no position ids in forward, as ColossalChat
                 ):
         _check_lora_args(lora_rank, lora_train_bias)
         if pooling not in ('last', 'mean'): raise ValueError(f"pooling must be 'last' or 'mean', got {pooling!r}")
         super().__init__(lora_rank=lora_rank, lora_train_bias=lora_train_bias)
         self.model = model
         self.pooling = pooling
+        self.position_ids_from_mask = _check_flag('position_ids_from_mask', position_ids_from_mask)
         self.convert_to_lora()                     # the backbone only: the head is attached afterwards
         if value_head is not None and getattr(value_head, 'out_features', 1) != 1:
             raise ValueError(f"The value head of reward model's output dim should be 1, got {value_head.out_features}")
@@ -338,7 +350,7 @@ class RewardModel(LoRAModule):
                 attention_mask: torch.Tensor|None = None, # (B, S) 1 = real token
                ) -> torch.Tensor:                         # (B,) rewards
         "One reward per sequence."
-        hidden = self.model(**_forward_kwargs(self.model, sequences, attention_mask)).last_hidden_state  # (B, S, D)
+        hidden = self.model(**_forward_kwargs(self.model, sequences, attention_mask, self.position_ids_from_mask)).last_hidden_state  # (B, S, D)
         values = self.value_head(hidden).squeeze(-1)                         # (B, S)
         if self.pooling == 'mean': return values[:, :-1].mean(dim=1)         # ColossalChat: padding included
         if attention_mask is None: return values[:, -1]
@@ -352,7 +364,7 @@ class LM(Actor):
                 attention_mask: torch.Tensor|None = None, # (B, S) 1 = real token
                ) -> torch.Tensor:                         # (B, S, V) logits
         "Next-token logits at every position."
-        return self.model(**_forward_kwargs(self.model, sequences, attention_mask)).logits
+        return self.model(**_forward_kwargs(self.model, sequences, attention_mask, self.position_ids_from_mask)).logits
 
 # %% ../nbs/03_models.ipynb #0e36d169
 @torch.no_grad()
@@ -408,6 +420,20 @@ def _save_pretrained(self, save_directory: str|Path):
     if head is not None:
         save_file({k: v.detach().cpu().contiguous() for k, v in head.state_dict().items()},
                   str(save_directory / 'value_head.safetensors'))
+    options = {k: getattr(self, k) for k in _SAVED_OPTIONS if hasattr(self, k)}
+    (save_directory / OPTIONS_FILE).write_text(json.dumps({'role': type(self).__name__, 'options': options}, indent=1))
+
+OPTIONS_FILE = 'coati_nb_options.json'   # the options that change a model's output, written beside the weights
+_SAVED_OPTIONS = ('pooling', 'use_action_mask', 'position_ids_from_mask')
+
+def _load_options(folder) -> dict:
+    "The options saved by `save_pretrained` in `folder`, or {} for a folder without them (e.g. a plain HF model)."
+    f = Path(folder) / OPTIONS_FILE
+    if not f.is_file(): return {}
+    data = json.loads(f.read_text())
+    if not isinstance(data, dict) or not isinstance(data.get('options'), dict):
+        raise ValueError(f"{f} is not a coati_nb options file: expected {{'role': ..., 'options': {{...}}}}")
+    return data['options']
 
 for _cls in (Actor, Critic, RewardModel): _cls.save_pretrained = _save_pretrained
 
@@ -432,9 +458,13 @@ def family_class(family: str, # a registered family, e.g. 'bloom'
                  checkpoint: bool = False,         # gradient checkpointing
                  lora_rank: int = 0,               # LoRA rank, 0 = no LoRA
                  lora_train_bias: str = 'none',    # 'none', 'all' or 'lora_only'
-                 **kwargs):                        # role options: use_action_mask (critic), pooling (rm)
+                 **kwargs):                        # role options: use_action_mask (critic), pooling (rm), position_ids_from_mask
         _check_lora_args(lora_rank, lora_train_bias)
         model = load_transformer(fam.name, kind, pretrained, config, checkpoint)
+        if pretrained is not None:
+            accepted = inspect.signature(base.__init__).parameters          # options of another role are ignored
+            saved = {k: v for k, v in _load_options(pretrained).items() if k in accepted}
+            kwargs = {**saved, **kwargs}                                     # an explicit argument wins
         if kind == 'base' and pretrained is not None and kwargs.get('value_head') is None:
             kwargs['value_head'] = _load_value_head(pretrained)
         base.__init__(self, model, lora_rank=lora_rank, lora_train_bias=lora_train_bias, **kwargs)
