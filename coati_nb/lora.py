@@ -183,7 +183,8 @@ def _matches(name: str, target_modules) -> bool:
     if isinstance(target_modules, str): return re.fullmatch(target_modules, name) is not None
     return any(name == t or name.endswith('.' + t) for t in target_modules)
 
-def _is_linear(m: nn.Module) -> bool: return isinstance(m, nn.Linear) or _is_conv1d(m)
+def _is_linear(m: nn.Module, include_conv1d: bool = True) -> bool:
+    return isinstance(m, nn.Linear) or (include_conv1d and _is_conv1d(m))
 
 def _set_submodule(root: nn.Module, name: str, new: nn.Module):
     parent, _, leaf = name.rpartition('.')
@@ -196,6 +197,7 @@ def convert_to_lora_module(module: nn.Module,        # any model; its nn.Linear 
                            lora_alpha: float = 1,     # the update is scaled by lora_alpha / r (ColossalChat: 1)
                            lora_dropout: float = 0.,  # dropout on the LoRA branch
                            merge_weights: bool = False, # ColossalChat's merge-on-eval (section 4)
+                           include_conv1d: bool = True, # also GPT-2's Conv1D; False: nn.Linear only, as ColossalChat
                           ) -> nn.Module:
     "Replace the targeted linear layers of `module` by LoraLinear and freeze everything but the LoRA parameters."
     _check_lora_rank(lora_rank)
@@ -207,14 +209,15 @@ def convert_to_lora_module(module: nn.Module,        # any model; its nn.Linear 
     found = []
     for name, m in module.named_modules():
         if isinstance(m, LoraLinear) or not _matches(name, target_modules): continue
-        if not _is_linear(m):
+        if not _is_linear(m, include_conv1d):
             if target_modules is None or isinstance(m, LoraLinear): continue
-            raise ValueError(f"target module {name!r} is of type {type(m).__name__}; LoRA applies to nn.Linear and Conv1D only")
+            raise ValueError(f"target module {name!r} is of type {type(m).__name__}; LoRA applies to nn.Linear"
+                             + (" and Conv1D only" if include_conv1d else " only (include_conv1d=False)"))
         in_f, out_f = m.weight.shape if _is_conv1d(m) else m.weight.shape[::-1]
         _check_rank(lora_rank, in_f, out_f, where=f"layer {name or '<root>'!r}")
         found.append(name)
     if target_modules is not None and not found:
-        linear = [n for n, m in module.named_modules() if _is_linear(m)][:5]
+        linear = [n for n, m in module.named_modules() if _is_linear(m, include_conv1d)][:5]
         raise ValueError(f"target_modules={target_modules!r} matched no linear layer; linear layers are e.g. {linear}")
     kw = dict(r=lora_rank, lora_alpha=lora_alpha, lora_dropout=lora_dropout, merge_weights=merge_weights)
     for name in found:
