@@ -13,7 +13,7 @@ import torch
 
 from .dataset import (DataCollatorForPreferenceDataset, DataCollatorForPromptDataset, DataCollatorForSupervisedDataset,
                               HhRlhfDataset, PromptDataset, RmStaticDataset, SFTDataset, SupervisedDataset, read_rows)
-from .models import MODEL_FAMILIES, family_class, tiny_config
+from .models import MODEL_FAMILIES, OPTIONS_FILE, family_class, tiny_config
 from .pipeline import PipelineConfig, TextDataset, _save_hf, run_pipeline
 from .strategies import STRATEGY_NAMES, strategy_from_name
 from .tokenizer import load_tokenizer
@@ -296,17 +296,18 @@ def build_ppo(a: argparse.Namespace, # parsed `prompts_parser()` flags
         ptx = TextDataset(rows, tok, a.max_len) if 'text' in rows[0] else SupervisedDataset(rows, tok, max_length=a.max_len)
         ptx_dl = strategy.setup_dataloader(ptx, a.ptx_batch_size, collate_fn=DataCollatorForSupervisedDataset(tok))
     with strategy.model_init_context():
-        actor = _model(a, 'actor', tok)
-        initial = family_class(a.model, 'actor')(pretrained=a.pretrain) if a.pretrain else None
+        pos = dict(position_ids_from_mask=mo['position_ids_from_mask'])
+        actor = _model(a, 'actor', tok, **pos)
+        initial = family_class(a.model, 'actor')(pretrained=a.pretrain, **pos) if a.pretrain else None
         if initial is None:                                    # a fresh tiny actor: its own frozen copy
             initial = copy.deepcopy(actor)
         rm_args = argparse.Namespace(**{**vars(a), 'model': a.rm_model or a.model, 'lora_rank': 0})
         rm_src = a.rm_pretrain or a.pretrain
         # a pooling saved with a trained reward model wins over the preset's (a mean-trained head scored by its last token is noise)
         rm_opts = {} if _saved_head_option(rm_src, 'pooling') else dict(pooling=mo['rm_pooling'])
-        reward_model = _model(rm_args, 'rm', tok, rm_src, **rm_opts)
+        reward_model = _model(rm_args, 'rm', tok, rm_src, **rm_opts, **pos)
         critic = _model(argparse.Namespace(**{**vars(a), 'model': a.rm_model or a.model}), 'critic', tok, rm_src,
-                        use_action_mask=mo['critic_use_action_mask'])
+                        use_action_mask=mo['critic_use_action_mask'], **pos)
     if a.rm_path:
         load_reward_model_weights(reward_model, a.rm_path); load_reward_model_weights(critic, a.rm_path)
     initial.requires_grad_(False); reward_model.requires_grad_(False)
@@ -329,14 +330,11 @@ def build_ppo(a: argparse.Namespace, # parsed `prompts_parser()` flags
                            pretrain_dataloader=ptx_dl, trainer=trainer, preset=preset, ptx_coef=ptx_coef)
 
 def _saved_head_option(folder, name: str):
-    "An option saved beside a value head (see 03_models), or None."
-    if not folder: return None
-    for fname in ('head_options.json', 'reward_head.json', 'value_head.json'):
-        f = Path(folder)/fname
-        if f.is_file():
-            try: return json.loads(f.read_text()).get(name)
-            except (OSError, ValueError): return None
-    return None
+    "An option saved with a model by save_pretrained (03_models' OPTIONS_FILE), or None."
+    f = Path(folder)/OPTIONS_FILE if folder else None
+    if f is None or not f.is_file(): return None
+    try: return json.loads(f.read_text(encoding='utf-8')).get(name)
+    except ValueError as e: raise SystemExit(f"error: {f} is not valid JSON: {e}") from None
 
 def train_prompts_cli(argv: list[str]|None = None) -> int:
     "coati_nb_train_prompts: PPO (+PTX) with ColossalChat's flags."

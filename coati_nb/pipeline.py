@@ -268,9 +268,10 @@ def run_ppo(cfg: PipelineConfig, tokenizer, out: Path, sft_path: Path, rm_path: 
     if preset['models']['pad_is_eos']:                        # ColossalChat: tokenizer.pad_token = tokenizer.eos_token
         tokenizer = copy.deepcopy(tokenizer); tokenizer.pad_token = tokenizer.eos_token
     Actor, Critic, RM = (family_class('llama', r) for r in ('actor', 'critic', 'rm'))
-    actor, initial = Actor(pretrained=sft_path), Actor(pretrained=sft_path).requires_grad_(False)
-    critic = Critic(pretrained=rm_path, use_action_mask=preset['models']['critic_use_action_mask'])
-    reward_model = RM(pretrained=rm_path).requires_grad_(False)          # the pooling saved with it
+    pos = dict(position_ids_from_mask=preset['models']['position_ids_from_mask'])
+    actor, initial = Actor(pretrained=sft_path, **pos), Actor(pretrained=sft_path, **pos).requires_grad_(False)
+    critic = Critic(pretrained=rm_path, use_action_mask=preset['models']['critic_use_action_mask'], **pos)
+    reward_model = RM(pretrained=rm_path, **pos).requires_grad_(False)          # the pooling saved with it
     prompts = PromptDataset(toy_data_path('prompts'), tokenizer, max_length=cfg.max_len)
     prompt_dl = _loader(strategy, prompts, cfg.experience_batch_size, DataCollatorForPromptDataset(tokenizer))
     ptx_dl = None

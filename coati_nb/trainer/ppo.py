@@ -69,14 +69,16 @@ PPO_PRESETS = {
                      max_norm=None),                # no gradient clipping
         models=dict(critic_use_action_mask=True,    # train_prompts.py builds the critic with use_action_mask=True
                     rm_pooling='mean',              # RewardModel.forward: values[:, :-1].mean(1)
-                    pad_is_eos=True),               # tokenizer.pad_token = tokenizer.eos_token, mask = sequences != pad
-        generation=dict(early_stopping=False),      # generate() runs to the length limit
+                    pad_is_eos=True,                # tokenizer.pad_token = tokenizer.eos_token, mask = sequences != pad
+                    position_ids_from_mask=False),  # Actor / Critic / RewardModel forwards pass no position ids
+        generation=dict(early_stopping=False,       # generate() runs to the length limit
+                        attention_mask_from_pad=True), # generate_with_actor: attention_mask = sequences != pad_token_id
         ptx_coef=0.9),                              # --ptx_coef default of train_prompts.py
     'corrected': dict(
         experience=EXPERIENCE_PRESETS['corrected'],
         trainer=dict(ptx_mode='additive', ptx_stream='advance', prompt_stream='advance', value_loss_use_action_mask=True,
                      update_dropout=False, drop_last=False, max_norm=1.0),
-        models=dict(critic_use_action_mask=False, rm_pooling='last', pad_is_eos=False),
+        models=dict(critic_use_action_mask=False, rm_pooling='last', pad_is_eos=False, position_ids_from_mask=True),
         generation=dict(early_stopping=True),
         ptx_coef=0.9),
 }
