@@ -18,7 +18,7 @@ from .utils import atomic_write
 # %% auto #0
 __all__ = ['IGNORE_INDEX', 'END_MARKERS', 'ASSISTANT_TAG', 'read_rows', 'make_supervised_sample', 'strip_end_marker',
            'SFTDataset', 'seed_tasks_to_rows', 'SupervisedDataset', 'pad_sequences', 'DataCollatorForSupervisedDataset',
-           'make_pair_sequence', 'RmStaticDataset', 'split_hh_dialogue', 'HhRlhfDataset',
+           'make_pair_sequences', 'RmStaticDataset', 'split_hh_dialogue', 'HhRlhfDataset',
            'DataCollatorForPreferenceDataset', 'PromptDataset', 'DataCollatorForPromptDataset',
            'generate_prompt_dataset', 'generate_prompt_dataset_cli']
 
@@ -222,18 +222,39 @@ def _left_cut(ids: list[int], max_length: int, tokenizer) -> list[int]:
     bos, rest = _split_bos(ids, tokenizer)
     return bos + rest[len(rest) - (max_length - len(bos)):]
 
+def _encode_whole(tokenizer, texts: list[str], max_length: int, padding: str) -> tuple[list, list, list[int]]:
+    "ColossalChat's tokenizer call on whole texts: (input_ids, attention_mask, uncut lengths), cut and padded on the tokenizer's own sides."
+    if not texts: return [], [], []
+    enc = tokenizer(texts, max_length=max_length, padding=padding, truncation=True)
+    return enc['input_ids'], enc['attention_mask'], [len(x) for x in tokenizer(texts)['input_ids']]
+
 class _SupervisedBase(_Reporting):
     "Prompt/response pairs -> supervised samples, with reporting; subclasses parse rows."
-    def _build(self, tokenizer, pairs: list[tuple[str, str, str]], faithful: bool = False):
+    def _build(self, tokenizer, pairs: list[tuple[str, str, str]]):
         "`pairs` are (where, prompt text, response text); the response gets EOS appended."
         p_ids = _tokenize(tokenizer, [p for _, p, _ in pairs], True)
         r_ids = _tokenize(tokenizer, [r for _, _, r in pairs], False)
         self.samples = []
         for (where, _, _), p, r in zip(pairs, p_ids, r_ids):
-            s = make_supervised_sample(p, r + [tokenizer.eos_token_id], self.max_length, faithful, tokenizer.pad_token_id)
+            s = make_supervised_sample(p, r + [tokenizer.eos_token_id], self.max_length)
             if s is None: self._too_long(where, f"the prompt ({len(p)} tokens) leaves no room for the response"); continue
             self.truncated += len(p) + len(r) + 1 > self.max_length
             self.samples.append(s)
+        self._end(len(self.samples), stacklevel=4)
+
+    def _build_faithful(self, tokenizer, items: list[tuple[str, str, str]], mask_prompt: bool):
+        "ColossalChat's tokenization of (where, prompt, whole text) items; `mask_prompt`: SupervisedDataset, else SFTDataset."
+        L, pad = self.max_length, tokenizer.pad_token_id
+        ids, masks, full = _encode_whole(tokenizer, [t for *_, t in items], L, 'longest' if mask_prompt else 'max_length')
+        srcs = tokenizer([p for _, p, _ in items], max_length=L, truncation=True)['input_ids'] if items else []
+        self.samples = []
+        for (where, _, _), x, m, n, src in zip(items, ids, masks, full, srcs):
+            n_src = sum(t != pad for t in src)                    # ColossalChat's source length: non-pad prompt tokens
+            if sum(m) <= n_src: self._too_long(where, f"the prompt ({n_src} tokens) leaves no room for the response"); continue
+            self.truncated += n > L
+            labels = [IGNORE_INDEX if j < n_src else t for j, t in enumerate(x)] if mask_prompt else list(x)
+            self.samples.append({k: torch.tensor(v, dtype=torch.long) for k, v in
+                                 (('input_ids', x), ('labels', labels), ('attention_mask', m))})
         self._end(len(self.samples), stacklevel=4)
 
     def __len__(self): return len(self.samples)
@@ -247,7 +268,7 @@ class SFTDataset(_SupervisedBase):
                  tokenizer,               # a transformers tokenizer with eos and pad tokens
                  max_length: int = 512,   # longest sample in tokens (cut on the right)
                  skip_bad: bool = False,  # skip bad rows / over-long samples instead of raising
-                 faithful: bool = False,  # ColossalChat: pad to max_length and train on every token, padding included
+                 faithful: bool = False,  # ColossalChat: tokenize prompt+completion+eos text whole, pad to max_length, labels = input_ids
                 ):
         _check_tokenizer(tokenizer)
         source, rows = _rows_of(dataset)
@@ -258,12 +279,13 @@ class SFTDataset(_SupervisedBase):
             try:
                 row = _as_mapping(row, where)
                 prompt = _text(row, 'prompt', where)
-                completion = _text(row, 'completion', where)
-                completion = strip_end_marker(completion, (tokenizer.eos_token,))
+                raw = _text(row, 'completion', where)
+                completion = strip_end_marker(raw, (tokenizer.eos_token,))
                 if not completion.strip(): raise _BadRow(f"{where}: field 'completion' is empty after removing its end marker")
-                pairs.append((where, prompt, completion))
+                pairs.append((where, prompt, prompt + raw + tokenizer.eos_token if faithful else completion))
             except _BadRow as e: self._bad(e)
-        self._build(tokenizer, pairs, faithful)
+        if faithful: self._build_faithful(tokenizer, pairs, mask_prompt=False)   # the literal end marker stays text
+        else: self._build(tokenizer, pairs)
 
 # %% ../nbs/05b_dataset.ipynb #5fc086a9
 def _instruction_rows(rows: list[tuple[int, Any]], source: str):
@@ -297,6 +319,7 @@ class SupervisedDataset(_SupervisedBase):
                  max_datasets_size: int|None = None, # keep only the first rows (after unrolling seed tasks)
                  max_length: int = 512,   # longest sample in tokens (cut on the right)
                  skip_bad: bool = False,  # skip bad rows / over-long samples instead of raising
+                 faithful: bool = False,  # ColossalChat: whole-text tokens padded to the longest row, labels -100 on the prompt's count
                 ):
         _check_tokenizer(tokenizer)
         source, rows = _rows_of(data_path)
@@ -309,9 +332,11 @@ class SupervisedDataset(_SupervisedBase):
                 row = _as_mapping(row, where)
                 instruction, output = _text(row, 'instruction', where), _text(row, 'output', where)
                 inp = _text(row, 'input', where, required=False, allow_empty=True) or ''
-                pairs.append((where, format_prompt(instruction, inp), output))
+                prompt = format_prompt(instruction, inp)
+                pairs.append((where, prompt, prompt + output + tokenizer.eos_token if faithful else output))
             except _BadRow as e: self._bad(e)
-        self._build(tokenizer, pairs)
+        if faithful: self._build_faithful(tokenizer, pairs, mask_prompt=True)
+        else: self._build(tokenizer, pairs)
 
 # %% ../nbs/05b_dataset.ipynb #41a29ec0
 def pad_sequences(seqs: list[torch.Tensor],   # 1-D tensors of different lengths
@@ -346,26 +371,23 @@ class DataCollatorForSupervisedDataset:
         return {'input_ids': ids, 'labels': labels, 'attention_mask': mask}
 
 # %% ../nbs/05b_dataset.ipynb #f2a18c10
-def make_pair_sequence(prompt_ids: list[int],   # tokens of the prompt
-                       response_ids: list[int], # tokens of the response
-                       end_ids: list[int],      # tokens of the end marker (EOS by default)
-                       max_length: int,         # longest sequence in tokens
-                       faithful: bool = False,  # ColossalChat: cut prompt + response + end on the right
-                      ) -> tuple[list[int], int]:
-    "(token ids, number of response tokens kept) for one side of a reward-model pair."
-    if faithful:
-        ids = (prompt_ids + response_ids + end_ids)[:max_length]
-        return ids, max(0, min(len(response_ids), max_length - len(prompt_ids)))
-    room = max_length - len(end_ids)                       # tokens left for prompt + response
-    if room <= 0: return (prompt_ids + response_ids + end_ids)[-max_length:], 0
-    resp = response_ids[:room]                             # the response is cut only if it alone does not fit
-    prompt = prompt_ids[max(0, len(prompt_ids) - (room - len(resp))):] if room > len(resp) else []
-    return prompt + resp + end_ids, len(resp)
+def make_pair_sequences(prompt_ids: list[int],   # tokens of the prompt (a BOS already set aside)
+                        chosen_ids: list[int],   # tokens of the chosen response
+                        rejected_ids: list[int], # tokens of the rejected response
+                        end_ids: list[int],      # tokens of the end marker (EOS by default)
+                        max_length: int,         # longest sequence in tokens
+                       ) -> tuple[list[int], list[int]]|None:
+    "(prompt + chosen + end, prompt + rejected + end) sharing ONE prompt window; None when no prompt token fits."
+    keep = max_length - len(end_ids) - max(len(chosen_ids), len(rejected_ids))   # prompt tokens beside the longer response
+    if keep < 1: return None                                  # a response alone fills max_length: the prompt would vanish
+    prompt = prompt_ids[max(0, len(prompt_ids) - keep):]      # the newest `keep` prompt tokens, the same for both sides
+    return prompt + chosen_ids + end_ids, prompt + rejected_ids + end_ids
 
 # %% ../nbs/05b_dataset.ipynb #367ca052
 class _PairBase(_Reporting):
     "Preference pairs -> chosen_ids / c_mask / reject_ids / r_mask samples, with reporting."
     def _build(self, tokenizer, pairs: list[tuple[str, str, str, str]], special_token: str|None, faithful: bool):
+        if faithful: return self._build_faithful(tokenizer, pairs, tokenizer.eos_token if special_token is None else special_token)
         end = [tokenizer.eos_token_id] if special_token is None else tokenizer(special_token, add_special_tokens=False)['input_ids']
         if not end: raise ValueError(f"special_token {special_token!r} tokenizes to nothing")
         p_ids = _tokenize(tokenizer, [p for _, p, _, _ in pairs], True)
@@ -373,18 +395,33 @@ class _PairBase(_Reporting):
         r_ids = _tokenize(tokenizer, [r for _, _, _, r in pairs], False)
         self.samples, L = [], self.max_length
         for (where, *_), p, c, r in zip(pairs, p_ids, c_ids, r_ids):
-            bos, body = ([], p) if faithful else _split_bos(p, tokenizer)     # the left cut keeps a BOS
-            (cs, nc), (rs, nr) = (make_pair_sequence(body, x, end, L - len(bos), faithful) for x in (c, r))
-            cs, rs = bos + cs, bos + rs
-            if nc == 0 or nr == 0: self._too_long(where, f"the prompt ({len(p)} tokens) leaves no room for the response"); continue
-            if cs == rs: self._too_long(where, "chosen and rejected are identical after truncation"); continue
-            self.truncated += max(len(c), len(r)) + len(p) + len(end) > L
-            seqs = [torch.tensor(s, dtype=torch.long) for s in (cs, rs)]
-            length = L if faithful else None
-            ids = [pad_sequences([s], tokenizer.pad_token_id, length=length)[0] for s in seqs]
-            masks = [pad_sequences([torch.ones_like(s)], 0, length=length)[0] for s in seqs]
-            self.samples.append({'chosen_ids': ids[0], 'c_mask': masks[0], 'reject_ids': ids[1], 'r_mask': masks[1]})
+            bos, body = _split_bos(p, tokenizer)                               # the left cut keeps a BOS
+            out = make_pair_sequences(body, c, r, end, L - len(bos))
+            if out is None:
+                self._too_long(where, f"the longer response ({max(len(c), len(r))} tokens + {len(end)} end) leaves no room for the prompt")
+                continue
+            self.truncated += len(p) + max(len(c), len(r)) + len(end) > L
+            self._add(*(torch.tensor(bos + s, dtype=torch.long) for s in out))
         self._end(len(self.samples), stacklevel=4)
+
+    def _build_faithful(self, tokenizer, pairs: list[tuple[str, str, str, str]], end_text: str):
+        "ColossalChat: `prompt + response + end text` tokenized whole, cut on the right and padded to max_length."
+        L = self.max_length
+        (ci, cm, cn), (ri, rm, rn) = (_encode_whole(tokenizer, [p + x + end_text for _, p, x in side], L, 'max_length')
+                                      for side in ([(w, p, c) for w, p, c, _ in pairs], [(w, p, r) for w, p, _, r in pairs]))
+        n_p = [len(x) for x in tokenizer([p for _, p, _, _ in pairs], max_length=L, truncation=True)['input_ids']] if pairs else []
+        self.samples = []
+        for k, (where, *_) in enumerate(pairs):
+            if min(sum(cm[k]), sum(rm[k])) <= n_p[k]:
+                self._too_long(where, f"the prompt ({n_p[k]} tokens) leaves no room for the response"); continue
+            if ci[k] == ri[k]: self._too_long(where, "chosen and rejected are identical after truncation"); continue
+            self.truncated += max(cn[k], rn[k]) > L
+            self._add(*(torch.tensor(v, dtype=torch.long) for v in (ci[k], ri[k], cm[k], rm[k])))
+        self._end(len(self.samples), stacklevel=4)
+
+    def _add(self, chosen, reject, c_mask=None, r_mask=None):
+        self.samples.append({'chosen_ids': chosen, 'c_mask': torch.ones_like(chosen) if c_mask is None else c_mask,
+                             'reject_ids': reject, 'r_mask': torch.ones_like(reject) if r_mask is None else r_mask})
 
     def __len__(self): return len(self.samples)
     def __getitem__(self, i) -> dict: return self.samples[i]
@@ -398,7 +435,7 @@ class RmStaticDataset(_PairBase):
                  max_length: int,         # longest sequence in tokens
                  special_token: str|None = None, # end marker text; None: the tokenizer's EOS
                  skip_bad: bool = False,  # skip bad rows / unusable pairs instead of raising
-                 faithful_truncation: bool = False, # ColossalChat: cut on the right, pad to max_length
+                 faithful_truncation: bool = False, # ColossalChat: tokenize each text whole, cut on the right, pad to max_length
                 ):
         _check_tokenizer(tokenizer)
         source, rows = _rows_of(dataset)
@@ -433,7 +470,7 @@ class HhRlhfDataset(_PairBase):
                  max_length: int,         # longest sequence in tokens
                  special_token: str|None = None, # end marker text; None: the tokenizer's EOS
                  skip_bad: bool = False,  # skip bad rows / unusable pairs instead of raising
-                 faithful_truncation: bool = False, # ColossalChat: cut on the right, pad to max_length
+                 faithful_truncation: bool = False, # ColossalChat: tokenize each text whole, cut on the right, pad to max_length
                 ):
         _check_tokenizer(tokenizer)
         source, rows = _rows_of(dataset)
@@ -493,6 +530,7 @@ class PromptDataset(_Reporting):
                  max_length: int = 96,    # longest prompt in tokens (cut on the left)
                  skip_bad: bool = False,  # skip bad rows instead of raising
                  use_template: bool = True, # wrap 'instruction' in the SFT template; False: ColossalChat's bare text
+                 faithful: bool = False,  # ColossalChat: bare text cut on the right and padded to max_length by the tokenizer
                 ):
         _check_tokenizer(tokenizer, need_eos=False)
         source, rows = _rows_of(data_path)
@@ -502,15 +540,22 @@ class PromptDataset(_Reporting):
         for where, row in items:
             try:
                 if isinstance(row, _BadRow): raise row
-                texts.append(_prompt_text(_as_mapping(row, where), where, use_template))
+                texts.append(_prompt_text(_as_mapping(row, where), where, use_template and not faithful))
             except _BadRow as e: self._bad(e)
-        ids = _tokenize(tokenizer, texts, True)
-        self.truncated = sum(len(x) > max_length for x in ids)
-        self.prompts = [torch.tensor(_left_cut(x, max_length, tokenizer), dtype=torch.long) for x in ids]
+        self.masks = None
+        if faithful:
+            ids, masks, full = _encode_whole(tokenizer, texts, max_length, 'max_length')
+            self.masks = [torch.tensor(m, dtype=torch.long) for m in masks]
+        else:
+            toks = _tokenize(tokenizer, texts, True)
+            full, ids = [len(x) for x in toks], [_left_cut(x, max_length, tokenizer) for x in toks]
+        self.truncated = sum(n > max_length for n in full)
+        self.prompts = [torch.tensor(x, dtype=torch.long) for x in ids]
         self._end(len(self.prompts))
 
     def __len__(self): return len(self.prompts)
-    def __getitem__(self, i) -> dict: return {'input_ids': self.prompts[i]}
+    def __getitem__(self, i) -> dict:
+        return {'input_ids': self.prompts[i], **({} if self.masks is None else {'attention_mask': self.masks[i]})}
 
 # %% ../nbs/05b_dataset.ipynb #5a00e419
 @dataclass
@@ -522,7 +567,8 @@ class DataCollatorForPromptDataset:
         if self.tokenizer.pad_token_id is None: raise ValueError("the tokenizer has no pad_token; set one")
         seqs = [x['input_ids'] for x in instances]
         return {'input_ids': pad_sequences(seqs, self.tokenizer.pad_token_id, 'left'),             # (B, L)
-                'attention_mask': pad_sequences([torch.ones_like(s) for s in seqs], 0, 'left')}   # (B, L)
+                'attention_mask': pad_sequences([x.get('attention_mask', torch.ones_like(s)) for x, s in zip(instances, seqs)],
+                                                0, 'left')}                                       # (B, L)
 
 # %% ../nbs/05b_dataset.ipynb #e6f86c74
 def generate_prompt_dataset(dataset_path,          # instruction data: any format `read_rows` reads

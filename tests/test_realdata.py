@@ -118,12 +118,19 @@ def test_hh_rlhf_truncation_keeps_responses(real, tok):
         warnings.simplefilter('ignore')
         ours = HhRlhfDataset(rows, tok, 96, skip_bad=True)
         faithful = HhRlhfDataset(rows, tok, 96, skip_bad=True, faithful_truncation=True)
-    assert ours.truncated_away == 0 and ours.truncated > 0
-    assert faithful.truncated_away > 0                              # right cuts lose whole responses
-    for s in ours:
+    good = [r for i, r in enumerate(rows) if i not in set(_hh_bad_rows(rows))]
+    n_resp = lambda t: len(tok(_hh_split(t)[1], add_special_tokens=False)['input_ids'])
+    too_long = sum(max(n_resp(r['chosen']), n_resp(r['rejected'])) + 2 >= 96 for r in good)   # + EOS + BOS
+    assert ours.truncated_away == too_long and ours.truncated > 0   # only pairs whose response alone fills max_length
+    assert faithful.truncated_away > too_long                       # right cuts lose whole responses
+    kept = [r for r in good if max(n_resp(r['chosen']), n_resp(r['rejected'])) + 2 < 96]
+    assert len(kept) == len(ours)
+    for s, r in zip(ours, kept):
         assert len(s['chosen_ids']) <= 96 and len(s['reject_ids']) <= 96
         assert not torch.equal(s['chosen_ids'], s['reject_ids'])
         assert s['chosen_ids'][-1].item() == tok.eos_token_id
+        n_c, n_r = n_resp(r['chosen']), n_resp(r['rejected'])
+        assert torch.equal(s['chosen_ids'][:-n_c - 1], s['reject_ids'][:-n_r - 1])   # one prompt window for both
     for s in faithful: assert s['chosen_ids'].shape == (96,)         # ColossalChat pads to max_length
     batch = next(iter(torch.utils.data.DataLoader(ours, batch_size=8, collate_fn=DataCollatorForPreferenceDataset(tok))))
     assert batch['chosen_ids'].shape == batch['reject_ids'].shape == batch['c_mask'].shape
