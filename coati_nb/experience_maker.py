@@ -164,7 +164,8 @@ def compute_reward(r: torch.Tensor,              # (B,) reward-model scores
     if r.dim() != 1 or r.size(0) != log_probs.size(0):
         raise ValueError(f"r must be (B,) with B={log_probs.size(0)}, got {_shape(r)}")
     r = penalize_no_eos(r, has_eos, no_eos_penalty)
-    kl = approx_kl_per_token(log_probs, log_probs_base, action_mask, estimator)     # (B, A), 0 off the mask
+    # β = 0: no KL at all (as ColossalChat returns r before computing it), so an overflowing estimate cannot give 0·inf = NaN
+    kl = approx_kl_per_token(log_probs, log_probs_base, action_mask, estimator) if kl_coef > 0 else torch.zeros_like(log_probs)
     if mode == 'sequence':
         return r - kl_coef * masked_mean(kl, action_mask, dim=1)                     # (B,)
     mask = action_mask if action_mask is not None else torch.ones_like(kl, dtype=torch.bool)

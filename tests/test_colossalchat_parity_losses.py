@@ -298,9 +298,6 @@ def test_compute_reward_kl_coef_not_positive():
         oe.compute_reward(r, -0.5, lp, base, mask, mode='sequence', estimator='k3_coati')
 
 
-@pytest.mark.xfail(reason="coati_nb.experience_maker.compute_reward computes r - 0 * kl; an overflowing k3_coati KL "
-                          "(inf) gives 0 * inf = NaN, where ColossalChat returns r before computing the KL "
-                          "(utils.py:153-154). Fix (06_experience): return r early when kl_coef == 0.", strict=False)
 def test_compute_reward_kl_coef_zero_with_overflowing_kl():
     lp, base, mask = torch.tensor([[100., -1.]]), torch.tensor([[-1., -1.]]), torch.ones(1, 2)   # exp(101) = inf
     r = torch.tensor([0.5])
