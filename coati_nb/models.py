@@ -245,7 +245,7 @@ class Actor(LoRAModule):
 # %% ../nbs/03_models.ipynb #2a700b4d
 def make_value_head(hidden_size: int, # d, the width of last_hidden_state
                    ) -> nn.Linear:
-    "nn.Linear(d, 1) with weights drawn from N(0, std=1/(d+1)), as ColossalChat initialises its value heads."
+    "nn.Linear(d, 1) with weights drawn from N(0, std=1/(d+1)), as ColossalChat initialises its reward models' value heads."
     head = nn.Linear(hidden_size, 1)
     nn.init.normal_(head.weight, mean=0.0, std=1.0 / (hidden_size + 1))
     return head
@@ -267,7 +267,7 @@ class Critic(LoRAModule):
     "Value model: a base transformer plus a value head; a sequence value (ColossalChat) or per-token values."
     def __init__(self,
                  model: nn.Module,                 # a transformers base model (no LM head)
-                 value_head: nn.Module|None = None,# nn.Linear(d, 1); None makes one with ColossalChat's init
+                 value_head: nn.Module|None = None,# nn.Linear(d, 1); None makes one with N(0, 1/(d+1)) (ColossalChat's RM init)
                  lora_rank: int = 0,               # LoRA rank of the backbone, 0 = no LoRA
                  lora_train_bias: str = 'none',    # 'none', 'all' or 'lora_only'
                  use_action_mask: bool = False,    # ColossalChat: average the values over the prompt when given an action mask
