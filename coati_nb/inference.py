@@ -26,12 +26,13 @@ from .toy_task import INSTRUCTION_TAG, PROMPT_NO_INPUT, RESPONSE_TAG
 from .utils import get_dtype
 
 # %% auto #0
-__all__ = ['ROLES', 'CHAT_TEMPLATES', 'PRECISIONS', 'CHAT_PAGE', 'check_messages', 'ChatTemplate', 'get_template', 'render_chat',
-           'PromptTooLong', 'ChatPrompt', 'build_prompt', 'IncrementalDecoder', 'StopFilter',
-           'apply_repetition_penalty', 'stream_tokens', 'bnb_available', 'load_chat_model', 'tiny_chat_model',
-           'ChatStream', 'ChatEngine', 'sse_event', 'iter_sse', 'Busy', 'GenerationLimiter', 'ServeConfig', 'ApiError',
-           'read_json_body', 'ChatMessage', 'ChatCompletionRequest', 'Dialogue', 'GenerationTaskReq',
-           'openai_stream_args', 'colossal_stream_args', 'create_app', 'load_engine', 'serve_cli', 'chat_cli']
+__all__ = ['ROLES', 'COLOSSALCHAT_CONTEXT', 'CHAT_TEMPLATES', 'PRECISIONS', 'BNB_4BIT', 'CHAT_PAGE', 'check_messages',
+           'ChatTemplate', 'get_template', 'render_chat', 'PromptTooLong', 'ChatPrompt', 'build_prompt',
+           'colossalchat_prompt', 'IncrementalDecoder', 'StopFilter', 'apply_repetition_penalty', 'stream_tokens',
+           'bnb_available', 'load_chat_model', 'tiny_chat_model', 'ChatStream', 'ChatEngine', 'sse_event', 'iter_sse',
+           'Busy', 'GenerationLimiter', 'ServeConfig', 'ApiError', 'read_json_body', 'ChatMessage',
+           'ChatCompletionRequest', 'Dialogue', 'GenerationTaskReq', 'openai_stream_args', 'colossal_stream_args',
+           'create_app', 'load_engine', 'serve_cli', 'chat_cli']
 
 # %% ../nbs/13_inference.ipynb #54a20f6e
 ROLES = ('system', 'user', 'assistant')
@@ -64,8 +65,11 @@ class ChatTemplate:
     user: str             # every later user turn, with {content}
     assistant: str        # a past answer, with {content} and {eos}
     stop: tuple[str, ...] # an answer ends where the model writes one of these
+    truncation: str = 'newest_turns' # history rule: 'newest_turns' (build_prompt) or 'colossalchat' (colossalchat_prompt)
 
 _SFT_HEADER = PROMPT_NO_INPUT.split(INSTRUCTION_TAG)[0]        # "Below is an instruction ...\n\n"
+COLOSSALCHAT_CONTEXT = _SFT_HEADER.rstrip() + ' Do not generate new instructions.'   # ColossalChat's CONTEXT, inference/server.py:19
+_COATI_TURN = '\n\n' + INSTRUCTION_TAG + '\n{content}\n\n' + RESPONSE_TAG + '\n'   # inference/utils.py:120-121
 CHAT_TEMPLATES: dict[str, ChatTemplate] = {t.name: t for t in (
     ChatTemplate('sft', _SFT_HEADER, '{system}' + INSTRUCTION_TAG + '\n{content}\n\n' + RESPONSE_TAG,
                  '\n\n' + INSTRUCTION_TAG + '\n{content}\n\n' + RESPONSE_TAG, '{content}{eos}',
@@ -73,7 +77,9 @@ CHAT_TEMPLATES: dict[str, ChatTemplate] = {t.name: t for t in (
     ChatTemplate('human_assistant', "A chat between a curious human and an AI assistant. "
                  "The assistant answers the human's questions helpfully and politely.\n\n",
                  '{system}Human: {content}\nAssistant:', '\nHuman: {content}\nAssistant:', ' {content}{eos}',
-                 stop=('Human:', 'Assistant:')))}
+                 stop=('Human:', 'Assistant:')),
+    ChatTemplate('coati', COLOSSALCHAT_CONTEXT, '{system}' + _COATI_TURN, _COATI_TURN, '{content}',
+                 stop=('###', 'instruction:', 'Instruction:', 'INSTRUCTION:'), truncation='colossalchat'))}
 
 def get_template(template: str|ChatTemplate, # a key of CHAT_TEMPLATES or a ChatTemplate
                 ) -> ChatTemplate:
@@ -92,7 +98,8 @@ def render_chat(messages: list[dict],               # chat messages, see `check_
     t, messages = get_template(template), check_messages(messages)
     system = t.system
     if messages[0]['role'] == 'system':                 # a given system text replaces the template's
-        system = messages[0]['content'].rstrip() + '\n\n' if messages[0]['content'].strip() else ''
+        sep = t.system[len(t.system.rstrip()):]          # keep the template's own break after the system text
+        system = messages[0]['content'].rstrip() + sep if messages[0]['content'].strip() else ''
     turns = [m for m in messages if m['role'] != 'system']
     parts = [t.first_user.format(system=system, content=turns[0]['content'])]
     for m in turns[1:]:
@@ -117,6 +124,8 @@ def build_prompt(tokenizer,                        # a transformers tokenizer
                  template: str|ChatTemplate = 'sft', # how turns are written
                 ) -> ChatPrompt:
     "Render the chat with as many of the newest turns as fit in `max_prompt_tokens`."
+    t = get_template(template)
+    if t.truncation == 'colossalchat': return colossalchat_prompt(tokenizer, messages, max_prompt_tokens, t.system)  # below
     messages = check_messages(messages)
     system = messages[:1] if messages[0]['role'] == 'system' else []
     body = messages[len(system):]
@@ -133,6 +142,38 @@ def build_prompt(tokenizer,                        # a transformers tokenizer
         raise PromptTooLong(f"the prompt is {len(ids)} tokens even without any history, but at most "
                             f"{max_prompt_tokens} fit (context length minus max_new_tokens); shorten the last message")
     return best
+
+# %% ../nbs/13_inference.ipynb #971211aa
+def colossalchat_prompt(tokenizer,                       # a transformers tokenizer
+                        messages: list[dict],            # chat messages, see `check_messages`; a system message replaces `context`
+                        max_prompt_tokens: int,          # ColossalChat's max_len - max_new_tokens
+                        context: str = COLOSSALCHAT_CONTEXT, # the preamble (ColossalChat's CONTEXT)
+                       ) -> ChatPrompt:
+    "The prompt of ColossalChat's ChatPromptProcessor.preprocess_prompt: its template, history rule and budget."
+    messages = check_messages(messages)
+    if messages[0]['role'] == 'system': context, messages = messages[0]['content'].rstrip(), messages[1:]
+    pairs = [(messages[i]['content'], messages[i + 1]['content']) for i in range(0, len(messages) - 1, 2)]
+    last = messages[-1]['content']
+    turn = lambda instruction, response='': _COATI_TURN.format(content=instruction) + response
+    count = lambda text: len(tokenizer(text, add_special_tokens=False)['input_ids'])
+    n_context = len(tokenizer(context)['input_ids'])             # BOS included, as ColossalChat counts it
+    if count(turn(last)) + n_context >= max_prompt_tokens:       # 3. the last instruction alone is too long: cut it
+        room = max_prompt_tokens - n_context - count(turn(''))
+        if room < 0:
+            raise PromptTooLong(f"the preamble and an empty turn take {n_context + count(turn(''))} tokens, but at most "
+                                f"{max_prompt_tokens} fit (context length minus max_new_tokens); lower max_new_tokens")
+        ids = tokenizer(last, add_special_tokens=False)['input_ids']
+        ids = ids[:room] if getattr(tokenizer, 'truncation_side', 'right') == 'right' else ids[len(ids) - room:]
+        text = context + turn(tokenizer.decode(ids).lstrip())
+        return ChatPrompt(tokenizer(text)['input_ids'], text, len(pairs))
+    room, rows = max_prompt_tokens - n_context, []               # 1. the last instruction is not counted
+    for instruction, response in reversed(pairs):                # newest first, stop at the first that does not fit
+        n = count(turn(instruction, response))                   # 2. piece by piece
+        if n > room: break
+        room -= n
+        rows.insert(0, turn(instruction, response))
+    text = context + ''.join(rows) + turn(last)
+    return ChatPrompt(tokenizer(text)['input_ids'], text, len(pairs) - len(rows))
 
 # %% ../nbs/13_inference.ipynb #9de7c3d3
 class IncrementalDecoder:
@@ -250,10 +291,11 @@ def stream_tokens(model: nn.Module,             # a causal LM (transformers) or 
         if eos_token_id is not None and int(nxt) == eos_token_id: return
 
 # %% ../nbs/13_inference.ipynb #39e06e5b
-PRECISIONS = ('fp32', 'fp16', 'bf16', 'int8', 'int4')
+PRECISIONS = ('fp32', 'fp16', 'bf16', 'int8', 'fp4', 'nf4', 'int4')
+BNB_4BIT = {'fp4': 'fp4', 'nf4': 'nf4', 'int4': 'fp4'}   # bitsandbytes 4-bit float formats; 'int4' is the old name of fp4
 
 def bnb_available() -> bool:
-    "Is bitsandbytes importable (8-bit / 4-bit loading)?"
+    "Is bitsandbytes importable (int8 / fp4 / nf4 loading)?"
     try: import bitsandbytes  # noqa: F401
     except Exception: return False
     return True
@@ -270,7 +312,7 @@ def _dtype_kwarg() -> str:
 # %% ../nbs/13_inference.ipynb #96e39b66
 def load_chat_model(path: str|Path,            # a local folder written by save_pretrained
                     precision: str = 'fp32',   # one of PRECISIONS
-                    device: str = 'cpu',       # where the model runs (int8/int4: where bitsandbytes puts it)
+                    device: str = 'cpu',       # where the model runs (int8/fp4/nf4: where bitsandbytes puts it)
                    ):
     "(model, tokenizer) from a local model folder, in eval mode, at the chosen precision."
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
@@ -280,15 +322,17 @@ def load_chat_model(path: str|Path,            # a local folder written by save_
                                 "save_pretrained); models are never downloaded")
     if precision not in PRECISIONS: raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     kw = dict(local_files_only=True)
-    if precision in ('int8', 'int4'):
+    quantized = precision == 'int8' or precision in BNB_4BIT
+    if quantized:
         if not bnb_available():
             raise ImportError(f"precision={precision!r} needs bitsandbytes (pip install bitsandbytes); "
                               "use fp32, fp16 or bf16 without it")
-        kw['quantization_config'] = BitsAndBytesConfig(**{f'load_in_{precision[3]}bit': True})
+        kw['quantization_config'] = (BitsAndBytesConfig(load_in_8bit=True) if precision == 'int8' else
+                                     BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=BNB_4BIT[precision]))
         kw['device_map'] = device
     else: kw[_dtype_kwarg()] = get_dtype(precision)
     model = AutoModelForCausalLM.from_pretrained(folder, **kw)
-    if precision not in ('int8', 'int4'): model = model.to(device)
+    if not quantized: model = model.to(device)
     tokenizer = load_tokenizer(folder if _has_tokenizer(folder) else None)
     if len(tokenizer) > model.get_input_embeddings().num_embeddings:
         raise ValueError(f"the tokenizer has {len(tokenizer)} tokens but the model's embedding has only "
@@ -863,7 +907,7 @@ def load_engine(model: str|Path|None = None, # a local model folder; None: the b
 def _common_args(p: argparse.ArgumentParser):
     p.add_argument('model', nargs='?', default=None, help='a local model folder written by save_pretrained '
                    '(e.g. runs/<name>/actor); omitted: the built-in tiny random model')
-    p.add_argument('--precision', default='fp32', choices=PRECISIONS, help='int8/int4 need bitsandbytes')
+    p.add_argument('--precision', default='fp32', choices=PRECISIONS, help='int8 (LLM.int8()), fp4 and nf4 (4-bit floats) need bitsandbytes; int4 is the old name of fp4, not GPTQ')
     p.add_argument('--template', default='sft', choices=sorted(CHAT_TEMPLATES), help='how chat turns become a prompt')
     p.add_argument('--context_len', type=int, default=None, help="prompt + answer limit (default: the model's)")
     p.add_argument('--max_new_tokens', type=int, default=256, help='answer length cap')
