@@ -207,3 +207,14 @@ def test_locustfile_requests(template):
     for _, _, r in calls:
         assert (r.status_code, r.outcome) == (200, 'success'), r.text
         assert isinstance(json.loads(r.text), str)        # ColossalChat's /generate answers a JSON string
+
+
+def test_command_line_accepts_coati_template():
+    "`coati_nb_serve --template coati` (and `coati_nb_chat`) select ColossalChat's prompt rule; nf4/fp4 are precisions."
+    import argparse
+    from coati_nb.inference import _common_args, load_engine
+    p = argparse.ArgumentParser()
+    _common_args(p)
+    a = p.parse_args(['--template', 'coati', '--precision', 'nf4'])
+    assert (a.template, a.precision) == ('coati', 'nf4')
+    assert load_engine(template='coati').template.truncation == 'colossalchat'
