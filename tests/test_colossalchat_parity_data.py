@@ -2,8 +2,8 @@
 
 The oracle is imported, never copied: `coati.dataset` (sft_dataset.py, reward_dataset.py, prompt_dataset.py) and
 `coati.replay_buffer` (utils.py, naive.py) of ../shared/reference/colossalchat-2023-06. Both run on the same rows with
-the same tokenizer (the project's bundled one, `coati_nb.tokenizer.load_tokenizer`, and a copy whose pad is its EOS,
-as ColossalChat's scripts set for GPT-2/OPT/BLOOM) and must give the same integer tensors, exactly. Ours runs with
+the same tokenizer (the project's bundled one, `coati_nb.tokenizer.load_tokenizer`; a copy whose pad is its EOS, as
+ColossalChat's scripts set for GPT-2/OPT/BLOOM; a copy that pads on the left) and must give the same integer tensors, exactly. Ours runs with
 its faithful flags: `SFTDataset(faithful=True)`, `SupervisedDataset(faithful=True)`,
 `DataCollatorForSupervisedDataset(faithful_mask=True)`, `RmStaticDataset` / `HhRlhfDataset(faithful_truncation=True)`,
 `PromptDataset(faithful=True)`. Where ours departs on purpose the test shows the measured difference and why:
@@ -54,11 +54,12 @@ from test_realdata import realdata_dir                                    # noqa
 RM_KEYS = ('chosen_ids', 'c_mask', 'reject_ids', 'r_mask')
 
 
-@pytest.fixture(scope='module', params=['pad', 'pad=eos'])
+@pytest.fixture(scope='module', params=['pad', 'pad=eos', 'left'])
 def tok(request):
-    "The bundled tokenizer, and a copy whose pad token is its EOS (ColossalChat's scripts do that)."
+    "The bundled tokenizer; a copy whose pad token is its EOS (ColossalChat's scripts do that); one that pads on the left."
     t = load_tokenizer()
     if request.param == 'pad=eos': t.pad_token = t.eos_token
+    if request.param == 'left': t.padding_side = 'left'              # faithful modes follow the tokenizer's sides, as ColossalChat
     return t
 
 
@@ -185,11 +186,22 @@ def test_supervised_dataset_departures(tok, tmp_path):
         default = SupervisedDataset(path, tok, max_length=512)
     # ColossalChat: padding to the longest row keeps the pad id as the label; ours never labels padding
     if tok.pad_token_id != tok.eos_token_id:
-        assert sum(int((cc[i]['labels'] == tok.pad_token_id).sum()) for i in range(len(cc))) > 100
+        assert sum(int((cc[i]['labels'] == tok.pad_token_id).sum()) for i in range(len(cc))) > 0
         assert sum(int((default[i]['labels'] == tok.pad_token_id).sum()) for i in range(len(default))) == 0
-    # the prompt boundary: ours tokenizes prompt and response apart; on these rows the -100 counts agree
-    for i in range(len(cc)):
-        assert int((default[i]['labels'] == IGNORE_INDEX).sum()) == int((cc[i]['labels'] == IGNORE_INDEX).sum())
+    n_src = [int((default[i]['labels'] == IGNORE_INDEX).sum()) for i in range(len(default))]   # our prompt lengths
+    if tok.padding_side == 'right':
+        # the prompt boundary: ours tokenizes prompt and response apart; on these rows ColossalChat masks the same count
+        assert n_src == [int((cc[i]['labels'] == IGNORE_INDEX).sum()) for i in range(len(cc))]
+    else:
+        # left padding: ColossalChat's `label[:source_len] = -100` lands on the padding and the prompt's start, so the
+        # prompt's last min(n_pad, n_src) tokens are trained on (measured here; `faithful=True` reproduces it)
+        trained = []
+        for i in range(len(cc)):
+            n_pad = int((cc[i]['input_ids'] == tok.pad_token_id).sum())
+            lab = cc[i]['labels'][n_pad:n_pad + n_src[i]]
+            assert int((lab != IGNORE_INDEX).sum()) == min(n_pad, n_src[i])
+            trained.append(min(n_pad, n_src[i]))
+        assert sum(trained) > 0
 
 
 # ---- reward-model pairs ----
