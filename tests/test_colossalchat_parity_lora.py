@@ -203,3 +203,13 @@ def test_rank_zero_and_lora_module():
     assert (ours.lora_rank, ours.lora_train_bias) == (theirs.lora_rank, theirs.lora_train_bias)
     assert _lora_layers(ours, LoraLinear) == _lora_layers(theirs, ref.LoraLinear)
     assert _trainable(ours) == _trainable(theirs)
+
+
+def test_rank_zero_layer_departs():
+    "Departure: ColossalChat's LoraLinear(r=0) is a plain linear layer (its default r); ours asks for r >= 1 and says so. "
+    "`convert_to_lora_module(model, 0)` is the way to say 'no LoRA' in both."
+    W, x = torch.randn(4, 6), torch.randn(2, 6)
+    theirs = ref.LoraLinear(nn.Parameter(W.clone()), None)
+    assert theirs.r == 0 and not hasattr(theirs, 'lora_A')
+    torch.testing.assert_close(theirs(x), x @ W.T, rtol=0, atol=EPS)
+    with pytest.raises(ValueError, match='the LoRA rank r must be a positive int, got 0'): LoraLinear(W.clone(), None, r=0)
