@@ -173,7 +173,7 @@ IGNORE_INDEX = -100   # the label that torch's cross_entropy skips
 def make_supervised_sample(prompt_ids: list[int],  # tokens of the prompt (no loss)
                            target_ids: list[int],  # tokens of the response, ending with EOS (trained on)
                            max_length: int,        # keep at most this many tokens (cut on the right)
-                           faithful: bool = False, # ColossalChat's SFTDataset: pad to max_length, labels = input_ids
+                           faithful: bool = False, # ColossalChat's SFTDataset layout: pad to max_length, labels = input_ids
                            pad_token_id: int|None = None, # needed when faithful
                           ) -> dict|None:
     "input_ids / labels / attention_mask for prompt + response; None when no response token fits."
