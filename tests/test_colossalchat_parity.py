@@ -77,7 +77,7 @@ def test_coati_preset_is_train_prompts(folders):
     assert not t.experience_maker.use_sampling_logprobs
     g = t.generate_kwargs
     assert g['top_k'] == 50 and g['temperature'] == 1.0 and g['do_sample'] and not g['early_stopping']
-    assert g['attention_mask_from_pad'] and g['pad_token_id'] == b.tokenizer.eos_token_id
+    assert g['attention_mask_from_pad'] and not g['position_ids_from_mask'] and g['pad_token_id'] == b.tokenizer.eos_token_id
     c = _build(folders, 'corrected')
     assert c.tokenizer.pad_token_id != c.tokenizer.eos_token_id and c.reward_model.pooling == 'last'
     assert c.trainer.experience_maker.use_sampling_logprobs and not c.trainer.update_dropout

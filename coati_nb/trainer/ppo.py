@@ -72,7 +72,8 @@ PPO_PRESETS = {
                     pad_is_eos=True,                # tokenizer.pad_token = tokenizer.eos_token, mask = sequences != pad
                     position_ids_from_mask=False),  # Actor / Critic / RewardModel forwards pass no position ids
         generation=dict(early_stopping=False,       # generate() runs to the length limit
-                        attention_mask_from_pad=True), # generate_with_actor: attention_mask = sequences != pad_token_id
+                        attention_mask_from_pad=True, # generate_with_actor: attention_mask = sequences != pad_token_id
+                        position_ids_from_mask=False),# its sample() with the HF prepare_inputs_fn passes none (transformers 5, see 04)
         ptx_coef=0.9),                              # --ptx_coef default of train_prompts.py
     'corrected': dict(
         experience=EXPERIENCE_PRESETS['corrected'],
