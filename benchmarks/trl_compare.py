@@ -227,7 +227,7 @@ def coati_worker(stage: str, work: Path, cfg: dict) -> dict:
     torch = _setup_torch(cfg['seed'])
     from coati_nb.dataset import DataCollatorForPreferenceDataset, DataCollatorForPromptDataset, DataCollatorForSupervisedDataset
     from coati_nb.models import family_class
-    from coati_nb.pipeline import PPO_PRESETS
+    from coati_nb.trainer.ppo import PPO_PRESETS
     from coati_nb.strategies import NaiveStrategy
     tok, samples = _data(stage, cfg)
     strategy = NaiveStrategy(seed=cfg['seed'])
@@ -262,7 +262,7 @@ def coati_worker(stage: str, work: Path, cfg: dict) -> dict:
         trainer = PPOTrainer(strategy, actor, critic, reward_model, initial, actor_optim, critic_optim,
                              kl_coef=cfg['kl_coef'], ptx_coef=0.0, train_batch_size=cfg['ppo_minibatch'],
                              eps_clip=0.2, value_clip=0.2, vf_coef=1.0, max_epochs=cfg['ppo_epochs'],
-                             experience_options=PPO_PRESETS['corrected'], pad_token_id=tok.pad_token_id, max_norm=None,
+                             experience_options=PPO_PRESETS['corrected']['experience'], pad_token_id=tok.pad_token_id, max_norm=None,
                              callbacks=[cb], max_new_tokens=cfg['response_len'], do_sample=True, top_k=None,
                              temperature=1.0, eos_token_id=tok.eos_token_id)
         orig_generate = actor.generate                             # the experience maker calls this very object's
