@@ -120,7 +120,7 @@ def sft_parser() -> argparse.ArgumentParser:
     p.add_argument('--dataset', default=None, help='instruction data (default: the bundled toy SFT data)')
     p.add_argument('--eval_dataset', default=None, help='held-out data for the eval loss')
     p.add_argument('--pretrain_text', action='store_true', help='--dataset holds plain {"text": ...} rows: continued pre-training')
-    p.add_argument('--accumulation_steps', '--accimulation_steps', dest='accumulation_steps', type=_positive(int), default=8)
+    p.add_argument('--accumulation_steps', type=_positive(int), default=8)
     p.add_argument('--max_norm', type=_positive(float), default=1.0)
     return p
 
@@ -179,7 +179,7 @@ def train_rm_cli(argv: list[str]|None = None) -> int:
     _check_paths(a, 'pretrain', 'tokenizer', 'dataset', 'eval_dataset', 'model_path'); _check_writable(a, 'save_path')
     strategy = strategy_from_name(a.strategy, seed=a.seed)
     tok = _tokenizer(a)
-    n_train, n_eval = (100, 20) if a.test else (a.max_datasets_size, None)
+    n_train, n_eval = (100, 10) if a.test else (a.max_datasets_size, None)   # train_reward_model.py:107-109
     if a.dataset is None: train, ev = (_pairs(toy_data_path(k), None, 'train', tok, a, n) for k, n in (('rm_pairs', n_train), ('rm_eval_pairs', n_eval)))
     else:
         train = _pairs(a.dataset, a.subset, 'train', tok, a, n_train)
@@ -280,7 +280,7 @@ def experience_options(a) -> dict:
 def build_ppo(a: argparse.Namespace, # parsed `prompts_parser()` flags
              ) -> SimpleNamespace:   # strategy, tokenizer, actor, critic, reward_model, initial_model, optimizers, loaders, trainer, preset
     "Everything train_prompts builds from its flags, with the options of --ppo_preset (the code the parity tests run)."
-    preset = ppo_preset(a.ppo_preset)
+    preset = ppo_preset(a.ppo_preset, a.model)
     opts, tr, mo = experience_options(a), preset['trainer'], preset['models']
     if a.ptx_mode is not None: tr['ptx_mode'] = a.ptx_mode
     if a.ptx_stream is not None: tr['ptx_stream'] = a.ptx_stream
@@ -288,7 +288,7 @@ def build_ppo(a: argparse.Namespace, # parsed `prompts_parser()` flags
     if tr['ptx_mode'] == 'convex' and ptx_coef > 1: raise SystemExit(f"error: --ptx_coef {ptx_coef} must be <= 1 with --ptx_mode convex")
     strategy = strategy_from_name(a.strategy, seed=a.seed)
     tok = _tokenizer(a)
-    if mo['pad_is_eos']: tok.pad_token = tok.eos_token          # ColossalChat: tokenizer.pad_token = tokenizer.eos_token
+    if mo['pad_is_eos']: tok.pad_token = tok.eos_token          # ColossalChat (not LLaMA): tokenizer.pad_token = tokenizer.eos_token
     prompts = PromptDataset(a.prompt_dataset or toy_data_path('prompts'), tok, a.max_datasets_size, a.max_input_len)
     ptx_dl = None
     if ptx_coef > 0:
@@ -354,12 +354,13 @@ def train_prompts_cli(argv: list[str]|None = None) -> int:
 def pipeline_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog='coati_nb_pipeline', description='PT → SFT → RM → PPO on the bundled data, with the gold evaluation.')
     for f in fields(PipelineConfig):
-        if f.type == 'bool': p.add_argument(f'--{f.name}', action='store_true', default=f.default)
+        kind = str(f.type).replace(' ', '')                       # 'float | None' -> 'float|None'
+        if kind == 'bool': p.add_argument(f'--{f.name}', action='store_true', default=f.default)
         elif f.name == 'ppo_preset': p.add_argument('--ppo_preset', choices=sorted(PPO_PRESETS), default=f.default)
         elif f.name == 'loss_fn': p.add_argument('--loss_fn', choices=('log_sig', 'log_exp'), default=f.default)
-        elif f.type in ('int', 'int|None'): p.add_argument(f'--{f.name}', type=_non_negative(int), default=f.default)
-        elif f.type == 'float': p.add_argument(f'--{f.name}', type=_non_negative(float), default=f.default)
-        elif f.type == 'float|None': p.add_argument(f'--{f.name}', type=_non_negative(float), default=f.default, help='default: the preset\'s')
+        elif kind in ('int', 'int|None'): p.add_argument(f'--{f.name}', type=_non_negative(int), default=f.default)
+        elif kind == 'float': p.add_argument(f'--{f.name}', type=_non_negative(float), default=f.default)
+        elif kind == 'float|None': p.add_argument(f'--{f.name}', type=_non_negative(float), default=f.default, help='default: the preset\'s')
         else: p.add_argument(f'--{f.name}', default=f.default)
     p.add_argument('--ablation', action='store_true', help='also run PPO with every preset and write the table')
     return p

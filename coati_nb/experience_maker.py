@@ -238,8 +238,9 @@ def eval_mode(*models: nn.Module):
 
 # %% ../nbs/06_experience.ipynb #08ce5e84
 EXPERIENCE_PRESETS = {
-    # ColossalChat (coati/experience_maker/naive.py): reversed k3, sequence-mean KL off the score, advantage = reward − value,
-    # old and new log-probs from the unfiltered actor although it samples with top-k
+    # ColossalChat: reversed k3 (coati/models/utils.py:22-23), sequence-mean KL off the score (utils.py:42-43),
+    # advantage = reward − value (experience_maker/naive.py:32), log-probs of the unfiltered actor although
+    # train_prompts.py:185 samples with top_k=50
     'coati': dict(kl_estimator='k3_coati', kl_mode='sequence', gae=False, whiten_advantages=False, no_eos_penalty=None,
                   use_sampling_logprobs=False),
     # every correction of this notebook

@@ -262,7 +262,7 @@ def run_ppo(cfg: PipelineConfig, tokenizer, out: Path, sft_path: Path, rm_path: 
             name: str = 'ppo', callbacks=()) -> tuple[Path, nn.Module, list[dict]]:
     "3. PPO from the SFT actor against the trained reward model; returns the actor folder, the actor and the metrics."
     strategy = strategy or NaiveStrategy(seed=cfg.seed); set_seed(cfg.seed)
-    preset = ppo_preset(cfg.ppo_preset)
+    preset = ppo_preset(cfg.ppo_preset, 'llama')
     ptx_coef = preset['ptx_coef'] if cfg.ptx_coef is None else cfg.ptx_coef
     save_tokenizer = tokenizer
     if preset['models']['pad_is_eos']:                        # ColossalChat: tokenizer.pad_token = tokenizer.eos_token
@@ -281,8 +281,8 @@ def run_ppo(cfg: PipelineConfig, tokenizer, out: Path, sft_path: Path, rm_path: 
     actor_optim = torch.optim.Adam(actor.parameters(), lr=cfg.actor_lr)
     critic_optim = torch.optim.Adam(critic.parameters(), lr=cfg.critic_lr)
     (actor, actor_optim), (critic, critic_optim) = strategy.prepare((actor, actor_optim), (critic, critic_optim))
-    gen = dict(max_new_tokens=cfg.max_new_tokens, min_new_tokens=cfg.min_new_tokens, do_sample=True, top_k=cfg.top_k or None, temperature=cfg.temperature,
-               eos_token_id=tokenizer.eos_token_id, **preset['generation'])
+    gen = {**dict(max_new_tokens=cfg.max_new_tokens, min_new_tokens=cfg.min_new_tokens, do_sample=True, top_k=cfg.top_k or None,
+                  temperature=cfg.temperature, eos_token_id=tokenizer.eos_token_id), **preset['generation']}   # coati: no min_new_tokens
     trainer = PPOTrainer(strategy, actor, critic, reward_model, initial, actor_optim, critic_optim, kl_coef=cfg.kl_coef,
                          ptx_coef=ptx_coef, train_batch_size=cfg.train_batch_size, max_epochs=cfg.ppo_epochs,
                          experience_options=preset['experience'], **preset['trainer'], pad_token_id=tokenizer.pad_token_id,

@@ -2,7 +2,7 @@
 against ColossalChat's code (../shared/reference/colossalchat-2023-06, commit d4fb7bf) on the same weights and inputs.
 
 The reference's `coati.trainer` needs the real colossalai, so `PPOTrainer.training_step` (coati/trainer/ppo.py, lines
-178-214) is restated below as the oracle. Everything else runs ColossalChat's own code: its GPTActor / GPTCritic /
+164-202) is restated below as the oracle. Everything else runs ColossalChat's own code: its GPTActor / GPTCritic /
 GPTRM, `generate_with_actor`'s masks and `NaiveExperienceMaker.make_experience`.
 Losses, utils, models, data, LoRA and serving have their own files: tests/test_colossalchat_parity_*.py.
 """
@@ -77,7 +77,10 @@ def test_coati_preset_is_train_prompts(folders):
     assert not t.experience_maker.use_sampling_logprobs
     g = t.generate_kwargs
     assert g['top_k'] == 50 and g['temperature'] == 1.0 and g['do_sample'] and not g['early_stopping']
-    assert g['attention_mask_from_pad'] and not g['position_ids_from_mask'] and g['pad_token_id'] == b.tokenizer.eos_token_id
+    assert g['attention_mask_from_pad'] and g['min_new_tokens'] == 0 and g['pad_token_id'] == b.tokenizer.eos_token_id
+    assert t.update_schedule == 'global'
+    from coati_nb.trainer.ppo import ppo_preset
+    assert not ppo_preset('coati', 'llama')['models']['pad_is_eos']                # LLaMA keeps a [PAD] (train_prompts.py:135-138)
     c = _build(folders, 'corrected')
     assert c.tokenizer.pad_token_id != c.tokenizer.eos_token_id and c.reward_model.pooling == 'last'
     assert c.trainer.experience_maker.use_sampling_logprobs and not c.trainer.update_dropout
@@ -118,7 +121,7 @@ def test_experience_matches_colossalchat(folders):
 
 def _oracle_training_step(actor, critic, actor_optim, critic_optim, experience, ptx_batch, ptx_coef=0.9, vf_coef=1.0,
                           eps_clip=0.2, value_clip=0.4):
-    "ColossalChat's PPOTrainer.training_step (coati/trainer/ppo.py, lines 178-214) with NaiveStrategy (backward, step)."
+    "ColossalChat's PPOTrainer.training_step (coati/trainer/ppo.py, lines 164-202) with NaiveStrategy (backward, step)."
     actor.train(); critic.train()
     num_actions = experience.action_mask.size(1)
     actor_output = actor(experience.sequences, attention_mask=experience.attention_mask)
@@ -172,3 +175,17 @@ def test_corrected_departs_from_colossalchat(folders):
     m = e.action_mask.bool()
     plain = b.actor(e.sequences, e.num_actions, e.attention_mask)
     assert (e.action_log_probs[m] >= plain[m] - 1e-6).all()                  # log q (top-50) >= log π
+
+
+def test_coati_update_schedule_is_global(folders):
+    "ColossalChat counts timesteps across episodes (ppo.py:145,155): with 3 timesteps an episode and update_timesteps=2,"
+    "it learns after global steps 2, 4 and 6 and never at an episode's end; the corrected schedule also learns at each end."
+    seen = {}
+    for preset in ('coati', 'corrected'):
+        b = _build(folders, preset, '--max_new_tokens', '3')
+        t = b.trainer
+        t.train_batch_size = t.replay_buffer.sample_batch_size = 4
+        hist = t.fit(b.prompt_dataloader, b.pretrain_dataloader, num_episodes=2, max_timesteps=3, update_timesteps=2)
+        seen[preset] = [(h['episode'], h['timestep']) for h in hist]
+    assert seen['coati'] == [(0, 1), (1, 0), (1, 2)]
+    assert seen['corrected'] == [(0, 1), (0, 2), (1, 1), (1, 2)]

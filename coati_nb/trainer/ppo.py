@@ -59,37 +59,41 @@ class DataStream:
 
 # %% ../../nbs/11_ppo.ipynb #8f7a12b4
 PPO_PRESETS = {
-    'coati': dict(   # ColossalChat d4fb7bf: coati/trainer/ppo.py, examples/train_prompts.py
+    'coati': dict(   # ColossalChat d4fb7bf: coati/trainer/ppo.py, examples/train_prompts.py, coati/models/generation.py
         experience=EXPERIENCE_PRESETS['coati'],
         trainer=dict(ptx_mode='convex',             # ptx_coef·ptx + (1 − ptx_coef)·policy
                      ptx_stream='restart',          # next(iter(pretrain_dataloader)) every step
                      prompt_stream='restart',       # next(iter(prompt_dataloader)) every timestep
                      value_loss_use_action_mask=False, update_dropout=True,   # actor.train() / critic.train() in the update
                      drop_last=True,                # the buffer's DataLoader drops a partial last batch
-                     max_norm=None),                # no gradient clipping
+                     max_norm=None,                 # no gradient clipping
+                     update_schedule='global'),     # learn when a global timestep counter hits update_timesteps (ppo.py:145,155)
         models=dict(critic_use_action_mask=True,    # train_prompts.py builds the critic with use_action_mask=True
                     rm_pooling='mean',              # RewardModel.forward: values[:, :-1].mean(1)
-                    pad_is_eos=True,                # tokenizer.pad_token = tokenizer.eos_token, mask = sequences != pad
+                    pad_is_eos=True,                # tokenizer.pad_token = tokenizer.eos_token (not for LLaMA: train_prompts.py:135-138)
                     position_ids_from_mask=False),  # Actor / Critic / RewardModel forwards pass no position ids
         generation=dict(early_stopping=False,       # generate() runs to the length limit
                         attention_mask_from_pad=True, # generate_with_actor: attention_mask = sequences != pad_token_id
-                        position_ids_from_mask=False),# its sample() with the HF prepare_inputs_fn passes none (transformers 5, see 04)
+                        min_new_tokens=0),          # its sampler has no minimum length (generation.py:41-52)
         ptx_coef=0.9),                              # --ptx_coef default of train_prompts.py
     'corrected': dict(
         experience=EXPERIENCE_PRESETS['corrected'],
         trainer=dict(ptx_mode='additive', ptx_stream='advance', prompt_stream='advance', value_loss_use_action_mask=True,
-                     update_dropout=False, drop_last=False, max_norm=1.0),
+                     update_dropout=False, drop_last=False, max_norm=1.0, update_schedule='episode'),
         models=dict(critic_use_action_mask=False, rm_pooling='last', pad_is_eos=False, position_ids_from_mask=True),
         generation=dict(early_stopping=True),
         ptx_coef=0.9),
 }
 
-def ppo_preset(name: str, # 'coati' or 'corrected'
+def ppo_preset(name: str,          # 'coati' or 'corrected'
+               family: str|None = None, # the model family: ColossalChat keeps a separate [PAD] for LLaMA
               ) -> dict:
-    "A deep copy of one entry of PPO_PRESETS, with a clear error for an unknown name."
+    "A deep copy of one entry of PPO_PRESETS for `family`, with a clear error for an unknown name."
     import copy
     if name not in PPO_PRESETS: raise ValueError(f"ppo_preset must be one of {sorted(PPO_PRESETS)}, got {name!r}")
-    return copy.deepcopy(PPO_PRESETS[name])
+    p = copy.deepcopy(PPO_PRESETS[name])
+    if family == 'llama': p['models']['pad_is_eos'] = False   # prepare_llama_tokenizer_and_embedding: a [PAD] of its own
+    return p
 
 
 # %% ../../nbs/11_ppo.ipynb #2cdd5705
@@ -136,6 +140,7 @@ class PPOTrainer:
                  update_dropout: bool = False,  # True: ColossalChat's update in train mode (dropout on); False: the forwards of the ratio see the rollout's function
                  prompt_stream: str = 'advance',# 'advance' or 'restart' (ColossalChat's next(iter(prompt_dataloader)))
                  drop_last: bool = False,       # True: ColossalChat drops a partial last batch of the buffer
+                 update_schedule: str = 'episode', # 'episode': learn every update_timesteps and at each episode's end; 'global': ColossalChat's counter
                  max_norm: float|None = None,   # clip gradient norms (None: off)
                  pad_token_id: int = 0,         # pad id: emitted after EOS in generation, and for re-padding buffered sequences
                  callbacks: Iterable[Callback] = (),
@@ -147,6 +152,7 @@ class PPOTrainer:
         if ptx_mode not in ('additive', 'convex'): raise ValueError(f"ptx_mode must be 'additive' or 'convex', got {ptx_mode!r}")
         if ptx_stream not in ('advance', 'restart'): raise ValueError(f"ptx_stream must be 'advance' or 'restart', got {ptx_stream!r}")
         if prompt_stream not in ('advance', 'restart'): raise ValueError(f"prompt_stream must be 'advance' or 'restart', got {prompt_stream!r}")
+        if update_schedule not in ('episode', 'global'): raise ValueError(f"update_schedule must be 'episode' or 'global', got {update_schedule!r}")
         if ptx_coef < 0 or (ptx_mode == 'convex' and ptx_coef > 1):
             raise ValueError(f"ptx_coef must be >= 0{' and <= 1 with ptx_mode=convex' if ptx_mode == 'convex' else ''}, got {ptx_coef}")
         _check_positive(train_batch_size=train_batch_size, max_epochs=max_epochs)
@@ -160,6 +166,7 @@ class PPOTrainer:
         self.train_batch_size, self.sample_buffer, self.max_epochs = train_batch_size, sample_buffer, max_epochs
         self.vf_coef, self.max_norm = vf_coef, max_norm
         self.update_dropout, self.prompt_stream, self.drop_last = bool(update_dropout), prompt_stream, bool(drop_last)
+        self.update_schedule = update_schedule
         self.generate_kwargs = {**generate_kwargs, 'pad_token_id': pad_token_id}   # one pad id for generation and the buffer
         self.experience_options = dict(experience_options or {})
         # the maker runs the unwrapped models: generation is not a DDP forward, and no gradient flows there
@@ -325,7 +332,9 @@ def fit(self,
             exp_metrics.append(exp.metrics()); self.replay_buffer.append(exp)
             bar.update(1)
             # 3. learn
-            if (timestep + 1) % update_timesteps == 0 or timestep == max_timesteps - 1:
+            if self.update_schedule == 'global': learn = (episode * max_timesteps + timestep + 1) % update_timesteps == 0
+            else: learn = (timestep + 1) % update_timesteps == 0 or timestep == max_timesteps - 1
+            if learn:
                 met = self._learn(); self.replay_buffer.clear()
                 met.update({k: sum(e[k] for e in exp_metrics) / len(exp_metrics) for k in exp_metrics[0]})
                 met.update(self.extra_metrics); self.extra_metrics = {}
