@@ -24,3 +24,12 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture
 def root() -> Path:
     return ROOT
+
+
+@pytest.fixture(scope='module')
+def real() -> Path:
+    "The real public samples beside the project (see tests/test_realdata.py); skipped outside CI when missing, an error on CI."
+    from test_realdata import realdata_dir
+    path = realdata_dir()
+    if path is None: pytest.skip('real data folder not found (set COATI_NB_REALDATA); skipped outside CI')
+    return path

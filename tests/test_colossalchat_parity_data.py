@@ -49,7 +49,6 @@ from coati_nb.experience_maker import Experience                          # noqa
 from coati_nb.replay_buffer import NaiveReplayBuffer, make_experience_batch, split_experience_batch  # noqa: E402
 from coati_nb.tokenizer import load_tokenizer                             # noqa: E402
 from coati_nb.toy_task import format_prompt                               # noqa: E402
-from test_realdata import realdata_dir                                    # noqa: E402
 
 RM_KEYS = ('chosen_ids', 'c_mask', 'reject_ids', 'r_mask')
 
@@ -61,13 +60,6 @@ def tok(request):
     if request.param == 'pad=eos': t.pad_token = t.eos_token
     if request.param == 'left': t.padding_side = 'left'              # faithful modes follow the tokenizer's sides, as ColossalChat
     return t
-
-
-@pytest.fixture(scope='module')
-def real() -> Path:
-    path = realdata_dir()
-    if path is None: pytest.skip('real data folder not found (set COATI_NB_REALDATA); skipped outside CI')
-    return path
 
 
 @contextlib.contextmanager

@@ -34,13 +34,6 @@ def realdata_dir(env=None) -> Path | None:
 
 
 @pytest.fixture(scope='module')
-def real() -> Path:
-    path = realdata_dir()
-    if path is None: pytest.skip('real data folder not found (set COATI_NB_REALDATA); skipped outside CI')
-    return path
-
-
-@pytest.fixture(scope='module')
 def tok():
     return load_tokenizer()
 
