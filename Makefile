@@ -13,7 +13,7 @@ PY    := $(VENV)/bin/python
 BIN   := $(VENV)/bin
 STAMP := $(VENV)/.coati_nb-installed
 
-.PHONY: install test demo sync-check nbtest pytest test-slow nb-one hooks export readme lab clean
+.PHONY: install test demo sync-check nbtest pytest test-slow nb-one hooks export readme lab clean browser
 
 $(STAMP): settings.ini setup.py
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -26,8 +26,14 @@ $(STAMP): settings.ini setup.py
 
 install: $(STAMP)
 
+## The browser the chat page's test drives: Debian's chromium (nothing may download a browser)
+browser:
+	@command -v chromium >/dev/null 2>&1 || { SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  echo "installing Debian's chromium for the browser test"; \
+	  $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+
 ## The tests: sync check, every notebook's tests, then pytest
-test: $(STAMP)
+test: $(STAMP) browser
 	$(MAKE) sync-check
 	$(MAKE) nbtest
 	$(MAKE) pytest
