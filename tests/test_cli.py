@@ -1,7 +1,7 @@
 """The console scripts end to end on the bundled data and a tiny model: under torchrun with 2 gloo processes
 (`--strategy ddp`), a PPO run killed with SIGKILL and continued with `--resume`, and a checkpoint write that fails
 (disk full) without harming the last good checkpoint."""
-import json, os, signal, socket, subprocess, sys, time
+import json, os, signal, socket, subprocess, sys
 from pathlib import Path
 
 import pytest
@@ -61,18 +61,15 @@ def test_every_script_under_torchrun_ddp(stages, tmp_path):
 
 
 def test_ppo_resumes_after_sigkill(stages, tmp_path):
+    "Killed with SIGKILL right after its second checkpoint (injected, not timed), then `--resume`: the run ends as one."
     d, save = stages, tmp_path/'ppo'
-    args = [BIN/'coati_nb_train_prompts', *_ppo_args(d, save, episodes=2, timesteps=4), '--save_interval', '1']
-    proc = subprocess.Popen([str(a) for a in args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=ENV)
-    deadline = time.time() + 300
-    while not (save/'checkpoints'/'step-2').is_dir():          # wait for the second checkpoint, then kill mid-run
-        assert proc.poll() is None, f"PPO ended before it could be killed: {proc.stderr.read()[-3000:]}"
-        assert time.time() < deadline, 'no checkpoint appeared'
-        time.sleep(0.2)
-    proc.send_signal(signal.SIGKILL); proc.wait()
-    assert proc.returncode == -signal.SIGKILL
+    flags = [*_ppo_args(d, save, episodes=2, timesteps=4), '--save_interval', '1']
+    proc = subprocess.run([sys.executable, ROOT/'tests'/'_kill_after_checkpoint.py', '2', *map(str, flags)],
+                          capture_output=True, text=True, timeout=600, env=ENV)
+    assert proc.returncode == -signal.SIGKILL, f"not killed ({proc.returncode}): {proc.stderr[-3000:]}"
+    assert (save/'checkpoints'/'step-2').is_dir() and not (save/'checkpoints'/'step-3').exists()
     assert not (save/'model.safetensors').exists()               # it really did not finish
-    out = _run([*args, '--resume'])
+    out = _run([BIN/'coati_nb_train_prompts', *flags, '--resume'])
     assert 'PPO: 8 updates' in out.stdout, out.stdout
     assert (save/'model.safetensors').is_file()
     steps = [r['step'] for r in _metrics(save/'metrics.jsonl')]
