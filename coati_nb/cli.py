@@ -18,6 +18,7 @@ from .pipeline import PipelineConfig, TextDataset, _save_hf, run_pipeline
 from .strategies import STRATEGY_NAMES, strategy_from_name
 from .tokenizer import load_tokenizer
 from .toy_task import toy_data_path
+from .utils import set_seed
 from .trainer.ppo import PPO_PRESETS, PPOTrainer, ppo_preset
 from .trainer.rm import RewardModelTrainer
 from .trainer.sft import SFTTrainer
@@ -135,6 +136,7 @@ def train_sft_cli(argv: list[str]|None = None) -> int:
     a = sft_parser().parse_args(argv)
     _check_paths(a, 'pretrain', 'tokenizer', 'dataset', 'eval_dataset'); _check_writable(a, 'save_path')
     strategy = strategy_from_name(a.strategy, seed=a.seed)
+    set_seed(a.seed)                                           # model initialisation, sampling and shuffles repeat with --seed
     tok = _tokenizer(a)
     train = _sft_dataset(a.dataset or toy_data_path('corpus' if a.pretrain_text else 'sft'), tok, a)
     ev = _sft_dataset(a.eval_dataset, tok, a) if a.eval_dataset else None
@@ -178,6 +180,7 @@ def train_rm_cli(argv: list[str]|None = None) -> int:
     a = rm_parser().parse_args(argv)
     _check_paths(a, 'pretrain', 'tokenizer', 'dataset', 'eval_dataset', 'model_path'); _check_writable(a, 'save_path')
     strategy = strategy_from_name(a.strategy, seed=a.seed)
+    set_seed(a.seed)                                           # model initialisation, sampling and shuffles repeat with --seed
     tok = _tokenizer(a)
     n_train, n_eval = (100, 10) if a.test else (a.max_datasets_size, None)   # train_reward_model.py:107-109
     if a.dataset is None: train, ev = (_pairs(toy_data_path(k), None, 'train', tok, a, n) for k, n in (('rm_pairs', n_train), ('rm_eval_pairs', n_eval)))
@@ -287,6 +290,7 @@ def build_ppo(a: argparse.Namespace, # parsed `prompts_parser()` flags
     ptx_coef = preset['ptx_coef'] if a.ptx_coef is None else a.ptx_coef
     if tr['ptx_mode'] == 'convex' and ptx_coef > 1: raise SystemExit(f"error: --ptx_coef {ptx_coef} must be <= 1 with --ptx_mode convex")
     strategy = strategy_from_name(a.strategy, seed=a.seed)
+    set_seed(a.seed)                                           # model initialisation, sampling and shuffles repeat with --seed
     tok = _tokenizer(a)
     if mo['pad_is_eos']: tok.pad_token = tok.eos_token          # ColossalChat (not LLaMA): tokenizer.pad_token = tokenizer.eos_token
     prompts = PromptDataset(a.prompt_dataset or toy_data_path('prompts'), tok, a.max_datasets_size, a.max_input_len)

@@ -95,3 +95,17 @@ def test_unwritable_save_path_is_refused_before_training(tmp_path):
     blocker = tmp_path/'file'; blocker.write_text('x')
     proc = subprocess.run([str(BIN/'coati_nb_train_prompts'), '--save_path', str(blocker/'out')], capture_output=True, text=True, env=ENV)
     assert proc.returncode != 0 and 'is not writable' in proc.stderr, proc.stderr
+
+
+def test_seed_makes_ppo_repeat(tmp_path):
+    "Two runs with the same --seed (fresh tiny models, sampling, shuffles) log the same metrics; another seed does not."
+    from coati_nb.cli import train_prompts_cli
+    def run(name, seed):
+        flags = ['--save_path', tmp_path/name, '--num_episodes', '1', '--max_timesteps', '2', '--update_timesteps', '1',
+                 '--experience_batch_size', '4', '--train_batch_size', '4', '--ptx_batch_size', '4', '--max_new_tokens', '6',
+                 '--max_datasets_size', '16', '--lr', '1e-3', '--seed', seed, *TINY]
+        assert train_prompts_cli([str(f) for f in flags]) == 0
+        return [{k: v for k, v in r.items() if k != 'time'} for r in _metrics(tmp_path/name/'metrics.jsonl')]
+    a, b, c = run('a', 7), run('b', 7), run('c', 8)
+    assert a == b
+    assert a != c
