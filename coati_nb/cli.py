@@ -29,20 +29,22 @@ __all__ = ['sft_parser', 'train_sft_cli', 'rm_parser', 'train_rm_cli', 'load_rew
 
 # %% ../nbs/15_cli.ipynb #f8b98f13
 def _positive(kind):
-    "argparse type: a number > 0 (int or float)."
+    "argparse type: a finite number > 0 (int or float)."
     def conv(s):
         try: v = kind(s)
         except ValueError: raise argparse.ArgumentTypeError(f"expected a {kind.__name__}, got {s!r}") from None
+        if not math.isfinite(v): raise argparse.ArgumentTypeError(f"must be a finite number, got {s}")
         if not v > 0: raise argparse.ArgumentTypeError(f"must be > 0, got {s}")
         return v
     conv.__name__ = f'positive {kind.__name__}'
     return conv
 
 def _non_negative(kind):
-    "argparse type: a number >= 0."
+    "argparse type: a finite number >= 0."
     def conv(s):
         try: v = kind(s)
         except ValueError: raise argparse.ArgumentTypeError(f"expected a {kind.__name__}, got {s!r}") from None
+        if not math.isfinite(v): raise argparse.ArgumentTypeError(f"must be a finite number, got {s}")
         if v < 0: raise argparse.ArgumentTypeError(f"must be >= 0, got {s}")
         return v
     conv.__name__ = f'non-negative {kind.__name__}'
