@@ -250,9 +250,10 @@ EXPERIENCE_PRESETS = {
 
 def sampling_kwargs(generate_kwargs: dict, # the keyword arguments given to `generate`
                    ) -> dict:              # for Actor.forward: temperature, top_k, top_p, min_new_tokens, eos_token_id
-    "The logits processing of the distribution `generate` samples from; {} for greedy decoding (no distribution)."
+    "The logits processing of the distribution `generate` samples from; {} for greedy decoding or when nothing is processed."
     if not generate_kwargs.get('do_sample', True): return {}
-    kw = {k: generate_kwargs[k] for k in ('temperature', 'top_k', 'top_p') if generate_kwargs.get(k) is not None}
+    off = {'temperature': 1.0, 'top_k': 0, 'top_p': 1.0}                 # values that leave the distribution as it is
+    kw = {k: generate_kwargs[k] for k in off if generate_kwargs.get(k) is not None and generate_kwargs[k] != off[k]}
     if generate_kwargs.get('min_new_tokens', 0) and generate_kwargs.get('eos_token_id') is not None:
         kw.update(min_new_tokens=generate_kwargs['min_new_tokens'], eos_token_id=generate_kwargs['eos_token_id'])
     return kw
