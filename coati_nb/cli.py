@@ -13,7 +13,7 @@ import torch
 
 from .dataset import (DataCollatorForPreferenceDataset, DataCollatorForPromptDataset, DataCollatorForSupervisedDataset,
                               HhRlhfDataset, PromptDataset, RmStaticDataset, SFTDataset, SupervisedDataset, read_rows)
-from .models import MODEL_FAMILIES, OPTIONS_FILE, family_class, tiny_config
+from .models import MODEL_FAMILIES, family_class, saved_options, tiny_config
 from .pipeline import PipelineConfig, TextDataset, _save_hf, run_pipeline
 from .strategies import STRATEGY_NAMES, strategy_from_name
 from .tokenizer import load_tokenizer
@@ -310,7 +310,7 @@ def build_ppo(a: argparse.Namespace, # parsed `prompts_parser()` flags
         rm_args = argparse.Namespace(**{**vars(a), 'model': a.rm_model or a.model, 'lora_rank': 0})
         rm_src = a.rm_pretrain or a.pretrain
         # a pooling saved with a trained reward model wins over the preset's (a mean-trained head scored by its last token is noise)
-        rm_opts = {} if _saved_head_option(rm_src, 'pooling') else dict(pooling=mo['rm_pooling'])
+        rm_opts = {} if rm_src and 'pooling' in saved_options(rm_src) else dict(pooling=mo['rm_pooling'])
         reward_model = _model(rm_args, 'rm', tok, rm_src, **rm_opts, **pos)
         critic = _model(argparse.Namespace(**{**vars(a), 'model': a.rm_model or a.model}), 'critic', tok, rm_src,
                         use_action_mask=mo['critic_use_action_mask'], **pos)
@@ -334,13 +334,6 @@ def build_ppo(a: argparse.Namespace, # parsed `prompts_parser()` flags
     return SimpleNamespace(strategy=strategy, tokenizer=tok, actor=actor, critic=critic, reward_model=reward_model,
                            initial_model=initial, actor_optim=actor_optim, critic_optim=critic_optim, prompt_dataloader=prompt_dl,
                            pretrain_dataloader=ptx_dl, trainer=trainer, preset=preset, ptx_coef=ptx_coef)
-
-def _saved_head_option(folder, name: str):
-    "An option saved with a model by save_pretrained (03_models' OPTIONS_FILE), or None."
-    f = Path(folder)/OPTIONS_FILE if folder else None
-    if f is None or not f.is_file(): return None
-    try: return json.loads(f.read_text(encoding='utf-8')).get(name)
-    except ValueError as e: raise SystemExit(f"error: {f} is not valid JSON: {e}") from None
 
 def train_prompts_cli(argv: list[str]|None = None) -> int:
     "coati_nb_train_prompts: PPO (+PTX) with ColossalChat's flags."

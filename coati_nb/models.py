@@ -23,7 +23,8 @@ from .utils import log_probs_from_logits, masked_mean
 __all__ = ['MODEL_FAMILIES', 'LOGPROB_FLOOR', 'OPTIONS_FILE', 'GPTActor', 'GPTCritic', 'GPTRM', 'GPTLM', 'BLOOMActor',
            'BLOOMCritic', 'BLOOMRM', 'BLOOMLM', 'OPTActor', 'OPTCritic', 'OPTRM', 'OPTLM', 'LlamaActor', 'LlamaCritic',
            'LlamaRM', 'LlamaLM', 'ModelFamily', 'register_family', 'get_family', 'tiny_config', 'load_transformer',
-           'Actor', 'make_value_head', 'Critic', 'last_token_index', 'RewardModel', 'LM', 'family_class']
+           'Actor', 'make_value_head', 'Critic', 'last_token_index', 'RewardModel', 'LM', 'saved_options',
+           'family_class']
 
 # %% ../nbs/03_models.ipynb #a008f1cf
 @dataclass(frozen=True)
@@ -426,11 +427,12 @@ def _save_pretrained(self, save_directory: str|Path):
 OPTIONS_FILE = 'coati_nb_options.json'   # the options that change a model's output, written beside the weights
 _SAVED_OPTIONS = ('pooling', 'use_action_mask', 'position_ids_from_mask')
 
-def _load_options(folder) -> dict:
+def saved_options(folder) -> dict:
     "The options saved by `save_pretrained` in `folder`, or {} for a folder without them (e.g. a plain HF model)."
     f = Path(folder) / OPTIONS_FILE
     if not f.is_file(): return {}
-    data = json.loads(f.read_text())
+    try: data = json.loads(f.read_text(encoding='utf-8'))
+    except ValueError as e: raise ValueError(f"{f} is not valid JSON: {e}") from None
     if not isinstance(data, dict) or not isinstance(data.get('options'), dict):
         raise ValueError(f"{f} is not a coati_nb options file: expected {{'role': ..., 'options': {{...}}}}")
     return data['options']
@@ -463,7 +465,7 @@ def family_class(family: str, # a registered family, e.g. 'bloom'
         model = load_transformer(fam.name, kind, pretrained, config, checkpoint)
         if pretrained is not None:
             accepted = inspect.signature(base.__init__).parameters          # options of another role are ignored
-            saved = {k: v for k, v in _load_options(pretrained).items() if k in accepted}
+            saved = {k: v for k, v in saved_options(pretrained).items() if k in accepted}
             kwargs = {**saved, **kwargs}                                     # an explicit argument wins
         if kind == 'base' and pretrained is not None and kwargs.get('value_head') is None:
             kwargs['value_head'] = _load_value_head(pretrained)

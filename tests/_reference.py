@@ -45,3 +45,23 @@ def import_coati(env=None):
 def ref(module: str):
     "Import a module of the reference by name, e.g. ref('coati.models.loss')."
     return importlib.import_module(module)
+
+
+def colossalchat_training_step(actor, critic, actor_optim, critic_optim, experience, ptx_batch,
+                               ptx_coef=0.9, vf_coef=1.0, eps_clip=0.2, value_clip=0.4) -> dict:
+    """ColossalChat's PPOTrainer.training_step (coati/trainer/ppo.py, lines 164-202) with its NaiveStrategy
+    (backward, step, zero_grad), restated because coati.trainer needs the real colossalai. Runs ColossalChat's own
+    loss classes and `calc_action_log_probs`; call `import_coati()` first."""
+    from coati.models.loss import GPTLMLoss, PolicyLoss, ValueLoss
+    from coati.models.utils import calc_action_log_probs
+    actor.train(); critic.train()
+    num_actions = experience.action_mask.size(1)
+    output = actor(experience.sequences, attention_mask=experience.attention_mask)
+    log_probs = calc_action_log_probs(output, experience.sequences, num_actions)
+    policy = PolicyLoss(eps_clip)(log_probs, experience.action_log_probs, experience.advantages, action_mask=experience.action_mask)
+    ptx = GPTLMLoss()(actor(ptx_batch['input_ids'], attention_mask=ptx_batch['attention_mask'])['logits'], ptx_batch['labels'])
+    (ptx * ptx_coef + policy * (1 - ptx_coef)).backward(); actor_optim.step(); actor_optim.zero_grad()
+    values = critic(experience.sequences, action_mask=experience.action_mask, attention_mask=experience.attention_mask)
+    value = ValueLoss(value_clip)(values, experience.values, experience.reward, action_mask=experience.action_mask) * vf_coef
+    value.backward(); critic_optim.step(); critic_optim.zero_grad()
+    return {'loss/policy_avg': policy.item(), 'loss/ptx_avg': ptx.item(), 'loss/value_avg': value.item()}

@@ -2,7 +2,7 @@
 against ColossalChat's code (../shared/reference/colossalchat-2023-06, commit d4fb7bf) on the same weights and inputs.
 
 The reference's `coati.trainer` needs the real colossalai, so `PPOTrainer.training_step` (coati/trainer/ppo.py, lines
-164-202) is restated below as the oracle. Everything else runs ColossalChat's own code: its GPTActor / GPTCritic /
+164-202) is restated as the oracle in tests/_reference.py. Everything else runs ColossalChat's own code: its GPTActor / GPTCritic /
 GPTRM, `generate_with_actor`'s masks and `NaiveExperienceMaker.make_experience`.
 Losses, utils, models, data, LoRA and serving have their own files: tests/test_colossalchat_parity_*.py.
 """
@@ -13,7 +13,7 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _reference import HOW_TO_GET, import_coati
+from _reference import HOW_TO_GET, colossalchat_training_step, import_coati
 
 coati = import_coati()
 if coati is None: pytest.skip(HOW_TO_GET, allow_module_level=True)
@@ -21,8 +21,6 @@ if coati is None: pytest.skip(HOW_TO_GET, allow_module_level=True)
 import coati.models.generation as ref_generation
 from coati.experience_maker import Experience as RefExperience, NaiveExperienceMaker as RefMaker
 from coati.models.gpt import GPTActor as RefGPTActor, GPTCritic as RefGPTCritic, GPTRM as RefGPTRM
-from coati.models.loss import GPTLMLoss as RefGPTLMLoss, PolicyLoss as RefPolicyLoss, ValueLoss as RefValueLoss
-from coati.models.utils import calc_action_log_probs as ref_calc_action_log_probs
 from transformers import GPT2LMHeadModel, GPT2Model
 
 from coati_nb.cli import build_ppo, prompts_parser
@@ -119,27 +117,6 @@ def test_experience_matches_colossalchat(folders):
     torch.testing.assert_close(ours.advantages, ref.advantages.squeeze(-1), atol=1e-6, rtol=0)   # ColossalChat keeps (B, 1)
 
 
-def _oracle_training_step(actor, critic, actor_optim, critic_optim, experience, ptx_batch, ptx_coef=0.9, vf_coef=1.0,
-                          eps_clip=0.2, value_clip=0.4):
-    "ColossalChat's PPOTrainer.training_step (coati/trainer/ppo.py, lines 164-202) with NaiveStrategy (backward, step)."
-    actor.train(); critic.train()
-    num_actions = experience.action_mask.size(1)
-    actor_output = actor(experience.sequences, attention_mask=experience.attention_mask)
-    action_log_probs = ref_calc_action_log_probs(actor_output, experience.sequences, num_actions)
-    actor_loss = RefPolicyLoss(eps_clip)(action_log_probs, experience.action_log_probs, experience.advantages,
-                                         action_mask=experience.action_mask)
-    policy_loss = actor_loss
-    ptx_logits = actor(ptx_batch['input_ids'], attention_mask=ptx_batch['attention_mask'])['logits']
-    ptx_loss = RefGPTLMLoss()(ptx_logits, ptx_batch['labels'])
-    actor_loss = ptx_loss * ptx_coef + actor_loss * (1 - ptx_coef)
-    actor_loss.backward(); actor_optim.step(); actor_optim.zero_grad()
-    values = critic(experience.sequences, action_mask=experience.action_mask, attention_mask=experience.attention_mask)
-    critic_loss = RefValueLoss(value_clip)(values, experience.values, experience.reward, action_mask=experience.action_mask)
-    critic_loss = critic_loss * vf_coef
-    critic_loss.backward(); critic_optim.step(); critic_optim.zero_grad()
-    return {'loss/policy_avg': policy_loss.item(), 'loss/ptx_avg': ptx_loss.item(), 'loss/value_avg': critic_loss.item()}
-
-
 def test_one_ppo_step_matches_colossalchat(folders):
     "From the same Experience and PTX batch: the same losses, and the same actor and critic parameters afterwards."
     b = _build(folders)
@@ -154,7 +131,7 @@ def test_one_ppo_step_matches_colossalchat(folders):
     ptx_batch = next(iter(b.pretrain_dataloader))
     torch.manual_seed(123)
     met = t.training_step(ours)
-    want = _oracle_training_step(ref_actor, ref_critic, ref_actor_optim, ref_critic_optim, ref, ptx_batch, ptx_coef=b.ptx_coef)
+    want = colossalchat_training_step(ref_actor, ref_critic, ref_actor_optim, ref_critic_optim, ref, ptx_batch, ptx_coef=b.ptx_coef)
     for k, v in want.items(): assert met[k] == pytest.approx(v, abs=1e-6), (k, met[k], v)
     for name, ours_m, ref_m in (('actor', b.actor, ref_actor), ('critic', b.critic, ref_critic)):
         sd, rsd = ours_m.state_dict(), ref_m.state_dict()
@@ -189,3 +166,16 @@ def test_coati_update_schedule_is_global(folders):
         seen[preset] = [(h['episode'], h['timestep']) for h in hist]
     assert seen['coati'] == [(0, 1), (1, 0), (1, 2)]
     assert seen['corrected'] == [(0, 1), (0, 2), (1, 1), (1, 2)]
+
+
+def test_saved_pooling_wins_over_the_preset(folders, tmp_path):
+    "A reward model trained with last-token pooling keeps it under --ppo_preset coati (a mean over its head would be noise)."
+    from coati_nb.models import GPTRM
+    rm = GPTRM(pretrained=str(folders/'rm'), pooling='last'); rm.save_pretrained(tmp_path/'rm_last')
+    argv = ['--model', 'gpt2', '--pretrain', str(folders/'actor'), '--rm_pretrain', str(tmp_path/'rm_last'), '--ppo_preset', 'coati',
+            '--max_len', '128', '--max_input_len', '64', '--max_datasets_size', '16', '--ptx_coef', '0']
+    assert build_ppo(prompts_parser().parse_args(argv)).reward_model.pooling == 'last'
+    assert _build(folders).reward_model.pooling == 'mean'          # no saved pooling: the preset's
+    (tmp_path/'rm_last'/'coati_nb_options.json').write_text('{not json')
+    with pytest.raises(ValueError, match='coati_nb_options.json is not valid JSON'):
+        build_ppo(prompts_parser().parse_args(argv))
