@@ -689,9 +689,13 @@ class _Job:
     def _work(self):
         try:
             for piece in self.stream: self._send(self.queue.put_nowait, ('piece', piece))
-            self._send(self.queue.put_nowait, ('end', None))
-        except BaseException as e: self._send(self.queue.put_nowait, ('error', e))
-        finally: self._send(self._finish)
+            last = ('end', None)
+        except BaseException as e: last = ('error', e)
+        # The loop runs callbacks in the order they were sent, so the slot is free before the client
+        # hears the end: a client that asks again at once finds it free, and no release is lost to a loop
+        # that closes right after the answer.
+        self._send(self._finish)
+        self._send(self.queue.put_nowait, last)
 
     async def pieces(self):
         "The answer's text pieces; raises TimeoutError at the deadline. Stops the generation when abandoned."
