@@ -216,21 +216,20 @@ def test_concurrency_limit_429_and_disconnect(server):
         a_lines = a.iter_lines()
         assert a.status_code == 200 and next(a_lines).startswith('data: ')    # A runs
         tb = threading.Thread(target=b); tb.start()
-        end = time.monotonic() + 10
+        end = time.monotonic() + 60                                            # a bound for a hung server, not a race
         while server.health()['waiting'] != 1 and time.monotonic() < end: time.sleep(0.02)
         h = server.health()
         assert (h['running'], h['waiting']) == (1, 1) and 'b_status' not in got, (h, got)   # B waits in the queue
-        t0 = time.monotonic()
         r = server.http.post('/v1/chat/completions', json={'messages': USER, 'max_tokens': 4})
-        assert r.status_code == 429 and time.monotonic() - t0 < 5, r.text          # refused at once, not queued
+        assert r.status_code == 429, r.text                       # refused, not queued (a queued one would get 200)
         assert 'retry later' in r.json()['error']['message'] and r.headers['retry-after'] == '1'
-    end = time.monotonic() + 10                                               # A hung up mid-answer ...
+    end = time.monotonic() + 60                                               # A hung up mid-answer ...
     while 'b_first' not in got and time.monotonic() < end: time.sleep(0.02)
     h = server.health()
     assert got.get('b_status') == 200 and got['b_first'].startswith('data: '), got   # ... so its slot went to B
     assert (h['running'], h['waiting']) == (1, 0), h
     let_b_go.set(); tb.join(30)
-    h = server.wait_idle(within=5)                                            # B hung up too: nothing runs
+    h = server.wait_idle(within=60)                                           # B hung up too: nothing runs
     assert (h['running'], h['waiting']) == (0, 0), h
 
 
@@ -238,13 +237,12 @@ def test_request_timeout(servers):
     "A generation that outlasts --timeout is stopped: 504 for a plain request, an error event then [DONE] for a stream."
     s = servers['timeout'].ready()
     body = {'messages': USER, 'max_tokens': 3000, 'temperature': 0}
-    t0 = time.monotonic()
     r = s.http.post('/v1/chat/completions', json=body)
-    assert r.status_code == 504 and r.json()['error']['code'] == 'timeout' and time.monotonic() - t0 < 10, r.text
+    assert r.status_code == 504 and r.json()['error']['code'] == 'timeout', r.text
     with s.http.stream('POST', '/v1/chat/completions', json={**body, 'stream': True}) as st:
         events = [l for l in st.iter_lines() if l]
     assert events[-1] == 'data: [DONE]' and json.loads(events[-2][6:])['error']['code'] == 'timeout'
-    h = s.wait_idle(within=5)
+    h = s.wait_idle(within=60)
     assert (h['running'], h['waiting']) == (0, 0), h
 
 
