@@ -4,7 +4,7 @@
 
 # %% ../nbs/05b_dataset.ipynb #5f987df6
 from __future__ import annotations
-import argparse, contextlib, csv, gzip, json, os, random, warnings
+import argparse, codecs, contextlib, csv, gzip, io, json, os, random, re, warnings, zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -16,35 +16,120 @@ from .toy_task import format_prompt
 from .utils import atomic_write
 
 # %% auto #0
-__all__ = ['IGNORE_INDEX', 'END_MARKERS', 'ASSISTANT_TAG', 'read_rows', 'make_supervised_sample', 'strip_end_marker',
-           'SFTDataset', 'seed_tasks_to_rows', 'SupervisedDataset', 'pad_sequences', 'DataCollatorForSupervisedDataset',
-           'make_pair_sequences', 'RmStaticDataset', 'split_hh_dialogue', 'HhRlhfDataset',
-           'DataCollatorForPreferenceDataset', 'PromptDataset', 'DataCollatorForPromptDataset',
-           'generate_prompt_dataset', 'generate_prompt_dataset_cli']
+__all__ = ['IGNORE_INDEX', 'END_MARKERS', 'ASSISTANT_TAG', 'DataFileError', 'read_rows', 'make_supervised_sample',
+           'strip_end_marker', 'SFTDataset', 'seed_tasks_to_rows', 'SupervisedDataset', 'pad_sequences',
+           'DataCollatorForSupervisedDataset', 'make_pair_sequences', 'RmStaticDataset', 'split_hh_dialogue',
+           'split_hh_pair', 'HhRlhfDataset', 'DataCollatorForPreferenceDataset', 'PromptDataset',
+           'DataCollatorForPromptDataset', 'generate_prompt_dataset', 'generate_prompt_dataset_cli']
 
 # %% ../nbs/05b_dataset.ipynb #bf1f221b
-_BUILDERS = {'.jsonl': 'json', '.jsonl.gz': 'json', '.json': 'json', '.json.gz': 'json',
-             '.csv': 'csv', '.csv.gz': 'csv', '.parquet': 'parquet'}
+_FORMATS = {'.jsonl': 'json', '.jsonl.gz': 'json', '.json': 'json', '.json.gz': 'json',
+            '.csv': 'csv', '.csv.gz': 'csv', '.parquet': 'parquet'}
+
+class DataFileError(ValueError):
+    "A data file (or one line of it) that cannot be read; the message names the file, and the line when there is one."
 
 def _data_ext(path: Path) -> str:
     "The data extension of `path` ('.jsonl.gz', '.csv', ...) or '' when it has none we read."
     name = path.name.lower()
-    return next((e for e in sorted(_BUILDERS, key=len, reverse=True) if name.endswith(e)), '')
+    return next((e for e in sorted(_FORMATS, key=len, reverse=True) if name.endswith(e)), '')
 
-def _open_text(path: Path):
-    return gzip.open(path, 'rt', encoding='utf-8') if path.name.lower().endswith('.gz') else open(path, encoding='utf-8')
+@contextlib.contextmanager
+def _open(path: Path):
+    "`path` opened for reading bytes (gunzipped for .gz); a damaged or cut gzip stream becomes a DataFileError."
+    f = gzip.open(path, 'rb') if path.name.lower().endswith('.gz') else open(path, 'rb')
+    try: yield f
+    except (gzip.BadGzipFile, EOFError, zlib.error) as e:
+        raise DataFileError(f"{path}: not a complete gzip file ({type(e).__name__}: {e})") from None
+    finally: f.close()
 
-def _scan_json_lines(path: Path) -> None:
-    "Raise a ValueError naming the first line of `path` that is not a JSON object."
-    with _open_text(path) as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip(): continue
-            try: obj = json.loads(line)
-            except json.JSONDecodeError as e: raise ValueError(f"{path}, line {n} (1-based): invalid JSON: {e}") from None
-            if not isinstance(obj, dict):
-                raise ValueError(f"{path}, line {n} (1-based): expected a JSON object, got {type(obj).__name__}")
+def _decode(raw: bytes, where: str) -> str:
+    "`raw` as UTF-8 text, or a DataFileError naming `where` and the first bad byte."
+    try: return raw.decode('utf-8')
+    except UnicodeDecodeError as e:
+        raise DataFileError(f"{where}: invalid UTF-8 at byte {e.start + 1} of the line ({raw[e.start:e.start + 1]!r})") from None
 
 # %% ../nbs/05b_dataset.ipynb #af3cc536
+def _json_line(raw: bytes, where: str) -> dict:
+    "One JSON lines line as a dict, or a DataFileError naming `where`, the column and the JSON error."
+    text = _decode(raw, where)
+    cut = '' if raw.endswith(b'\n') else ' (the last line, without a newline: is the file cut short?)'
+    try: obj = json.loads(text)
+    except json.JSONDecodeError as e: raise DataFileError(f"{where}: invalid JSON at column {e.colno}: {e.msg}{cut}") from None
+    except (ValueError, RecursionError) as e: raise DataFileError(f"{where}: invalid JSON: {e}") from None
+    if not isinstance(obj, dict): raise DataFileError(f"{where}: expected a JSON object, got {type(obj).__name__}")
+    return obj
+
+def _json_list(path: Path, data: bytes, skip_bad: bool) -> tuple[list[tuple[int, dict]], list[str]]:
+    "The objects of a JSON list file; a broken list is an error (naming line and column) even with skip_bad."
+    try: text = data.decode('utf-8')
+    except UnicodeDecodeError as e:
+        line = data.count(b'\n', 0, e.start) + 1
+        raise DataFileError(f"{path}, line {line} (1-based): invalid UTF-8 ({data[e.start:e.start + 1]!r})") from None
+    try: items = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise DataFileError(f"{path}, line {e.lineno} (1-based): invalid JSON list at column {e.colno}: {e.msg}") from None
+    except (ValueError, RecursionError) as e: raise DataFileError(f"{path}: invalid JSON list: {e}") from None
+    rows, bad = [], []
+    for i, x in enumerate(items):
+        if isinstance(x, dict): rows.append((i, x)); continue
+        msg = f"{path}, row {i} (0-based): expected a JSON object, got {type(x).__name__}"
+        if not skip_bad: raise DataFileError(msg)
+        bad.append(msg)
+    return rows, bad
+
+def _json_rows(path: Path, skip_bad: bool, limit: int|None = None) -> tuple[list[tuple[int, dict]], list[str]]:
+    "((index, row) of a JSON list or JSON lines file, messages of the lines skipped with skip_bad); blank lines are ignored."
+    rows, bad, k = [], [], 0          # k: the 0-based index of the next non-blank line
+    with _open(path) as f:
+        for n, raw in enumerate(f, 1):
+            if n == 1: raw = raw.removeprefix(codecs.BOM_UTF8)
+            if not raw.strip(): continue
+            if k == 0 and raw.lstrip().startswith(b'['): return _json_list(path, b'\n' * (n - 1) + raw + f.read(), skip_bad)
+            try: rows.append((k, _json_line(raw, f"{path}, line {n} (1-based)")))
+            except DataFileError as e:
+                if not skip_bad: raise
+                bad.append(str(e))
+            k += 1
+            if limit is not None and len(rows) >= limit: break
+    return rows, bad
+
+# %% ../nbs/05b_dataset.ipynb #165e832d
+_NOT_UTF8 = re.compile('[\udc80-\udcff]')   # bytes that are not UTF-8, as `surrogateescape` decoding keeps them
+
+def _csv_rows(path: Path, skip_bad: bool) -> tuple[list[tuple[int, dict]], list[str]]:
+    "((index, row) of a CSV file with a header line, messages of the records skipped with skip_bad); every cell stays a string."
+    with _open(path) as f: text = f.read().decode('utf-8-sig', errors='surrogateescape')
+    reader, rows, bad, header, k = csv.reader(io.StringIO(text, newline='')), [], [], None, 0
+    while True:
+        start = reader.line_num + 1                       # a quoted cell may span lines: name the record's first line
+        try: rec = next(reader)
+        except StopIteration: break
+        except csv.Error as e: raise DataFileError(f"{path}, line {reader.line_num} (1-based): malformed CSV: {e}") from None
+        if not rec: continue                              # a blank line
+        where, byte = f"{path}, line {start} (1-based)", next((m for c in rec if (m := _NOT_UTF8.search(c))), None)
+        if header is None:
+            if byte: raise DataFileError(f"{where}: the header is not valid UTF-8")
+            if len(set(rec)) < len(rec) or not all(c.strip() for c in rec):
+                raise DataFileError(f"{where}: the header needs distinct, non-empty column names, got {rec}")
+            header = rec; continue
+        if byte: msg = f"{where}: invalid UTF-8 (byte {bytes([ord(byte.group()) - 0xdc00])!r})"
+        elif len(rec) != len(header): msg = f"{where}: has {len(rec)} fields, header has {len(header)}"
+        else: msg = None
+        if msg is None: rows.append((k, dict(zip(header, rec))))
+        elif skip_bad: bad.append(msg)
+        else: raise DataFileError(msg)
+        k += 1
+    return rows, bad
+
+def _parquet_rows(path: Path, skip_bad: bool) -> tuple[list[tuple[int, dict]], list[str]]:
+    "(index, row) of a parquet file; a null cell stays None (the dataset then names the row and the field)."
+    import pyarrow.parquet as pq
+    try: table = pq.read_table(path)
+    except Exception as e: raise DataFileError(f"{path}: cannot be read as parquet: {e}") from None
+    return list(enumerate(table.to_pylist())), []
+
+# %% ../nbs/05b_dataset.ipynb #1159fd7f
 @contextlib.contextmanager
 def _quiet_datasets():
     "Silence `datasets`' progress bars and error logs for the duration (our own errors say what went wrong)."
@@ -56,57 +141,71 @@ def _quiet_datasets():
         datasets.logging.set_verbosity(level)
         if not bars: datasets.utils.enable_progress_bars()
 
-def _load_builder(builder: str, path: Path, cache_dir=None, **kw) -> list[dict]:
-    try:
-        with _quiet_datasets() as datasets:
-            return datasets.load_dataset(builder, data_files=str(path), split='train', cache_dir=cache_dir, **kw).to_list()
-    except StopIteration: return []          # datasets' json loader on an empty file
-    except Exception as e:
-        if builder == 'json': _scan_json_lines(path)
-        raise ValueError(f"{path}: cannot be read as {builder}: {e}") from e
+# %% ../nbs/05b_dataset.ipynb #2c523ce9
+_SPLITS = ('train', 'test', 'validation', 'valid', 'dev', 'eval')
 
-def _read_local(path: Path, split: str, cache_dir=None) -> list[dict]:
-    ext = _data_ext(path)
-    if path.is_dir():
-        with _quiet_datasets() as datasets: return datasets.load_dataset(str(path), split=split, cache_dir=cache_dir).to_list()
-    if ext in ('.json', '.json.gz'):         # a JSON list, or JSON lines that happen to be named .json
-        with _open_text(path) as f: text = f.read()
-        try: data = json.loads(text)
-        except json.JSONDecodeError: data = None
-        if isinstance(data, list):
-            bad = next((i for i, r in enumerate(data) if not isinstance(r, dict)), None)
-            if bad is not None: raise ValueError(f"{path}, row {bad} (0-based): expected a JSON object, got {type(data[bad]).__name__}")
-            return data
-        if isinstance(data, dict): return [data]     # one object: a JSON lines file of one line
-        if data is not None: raise ValueError(f"{path}: expected a JSON list of objects or JSON lines, got {type(data).__name__}")
-    if _BUILDERS.get(ext) == 'csv':   # every cell a string (a prompt '42' stays text); an empty cell stays ''
-        import datasets
-        with _open_text(path) as f: header = next(csv.reader(f), [])
-        if not header: raise ValueError(f"{path}: no rows")
-        features = datasets.Features({c: datasets.Value('string') for c in header})
-        return _load_builder('csv', path, cache_dir, features=features, keep_default_na=False)
-    if ext: return _load_builder(_BUILDERS[ext], path, cache_dir)
-    raise ValueError(f"{path}: unknown data format; expected one of {sorted(_BUILDERS)} or a folder")
+def _split_of(rel: Path) -> str|None:
+    "The split a data file's path names (hub layout: `train.jsonl.gz`, `data/test-00000-of-00001.parquet`, `train/x.json`)."
+    *dirs, name = [p.lower() for p in rel.parts]
+    return next((s for s in _SPLITS if s in dirs or re.match(rf'{s}([-_.]|$)', name) or re.search(rf'[-_.]{s}[-_.]', name)), None)
+
+def _folder_files(path: Path, split: str) -> list[Path]:
+    "The data files of `split` in a local dataset folder (all of them for 'train' when no file names a split)."
+    files = sorted(p for p in path.rglob('*') if p.is_file() and _data_ext(p)
+                   and not any(x.startswith('.') for x in p.relative_to(path).parts))
+    if not files: raise DataFileError(f"{path}: a folder without data files ({', '.join(sorted(_FORMATS))})")
+    named = {f: _split_of(f.relative_to(path)) for f in files}
+    picked = [f for f in files if named[f] == split] if any(named.values()) else files if split == 'train' else []
+    if not picked:
+        raise DataFileError(f"{path}: no data file for split {split!r} (splits found: {sorted({s for s in named.values() if s})})")
+    return picked
+
+_READERS = {'json': _json_rows, 'csv': _csv_rows, 'parquet': _parquet_rows}
+
+def _load(data_path, split='train', cache_dir=None, skip_bad=False, hub=False, limit=None) -> tuple[list[tuple[str, int, dict]], list[str]]:
+    "((file, index, row) of every readable row, messages of the rows skipped with skip_bad)."
+    s = str(data_path)
+    if hub or s.startswith('hub:'):                       # only when asked: a network call
+        name = s.removeprefix('hub:')
+        with _quiet_datasets() as datasets: rows = datasets.load_dataset(name, split=split, cache_dir=cache_dir).to_list()
+        return [(f'hub:{name}', i, r) for i, r in enumerate(rows[:limit])], []
+    path = Path(s).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(f"data file not found: {s} (no such local file or folder; "
+                                f"for a Hugging Face Hub dataset write 'hub:{s}' or pass hub=True)")
+    out, bad = [], []
+    for f in _folder_files(path, split) if path.is_dir() else [path]:
+        fmt = _FORMATS.get(_data_ext(f))
+        if fmt is None: raise DataFileError(f"{f}: unknown data format; expected one of {sorted(_FORMATS)} or a folder")
+        rows, b = _json_rows(f, skip_bad, limit) if fmt == 'json' else _READERS[fmt](f, skip_bad)
+        out += [(str(f), i, r) for i, r in rows]; bad += b
+        if limit is not None and len(out) >= limit: break
+    if not out and not bad: raise DataFileError(f"{data_path}: no rows")
+    return out[:limit], bad
 
 # %% ../nbs/05b_dataset.ipynb #8c1a6e66
-def read_rows(data_path: str|os.PathLike,   # local file / folder, or a Hugging Face Hub dataset name
+_AT = re.compile(r', (line \d+) \(1-based\)|, (row \d+(?:, instance \d+)?) \(0-based\)')
+
+def _skipped_summary(msgs: list[str], first: int = 5) -> str:
+    "'line 3, row 7, ... and N more; first: <message>' of the messages of skipped rows."
+    at = [next((g for g in m.groups() if g), '?') if (m := _AT.search(x)) else '?' for x in msgs]
+    more = f" and {len(at) - first} more" if len(at) > first else ''
+    return f"at {', '.join(at[:first])}{more}; first: {msgs[0]}"
+
+def read_rows(data_path: str|os.PathLike,   # local file or folder; 'hub:NAME' for a Hugging Face Hub dataset
               split: str = 'train',         # split to read from a folder or a hub dataset
               max_datasets_size: int|None = None, # keep only the first rows
-              cache_dir: str|None = None,   # `datasets` cache folder (None: its default)
+              cache_dir: str|None = None,   # `datasets` cache folder for hub datasets (None: its default)
+              skip_bad: bool = False,       # skip (count and warn about) unreadable lines instead of raising
+              hub: bool = False,            # `data_path` is a hub name even without the 'hub:' prefix
              ) -> list[dict]:
-    "Rows of a JSON list, JSON lines, CSV or parquet file (optionally .gz), a local folder, or a hub dataset."
-    path = Path(data_path).expanduser()
-    if path.exists(): rows = _read_local(path, split, cache_dir)
-    elif _data_ext(path) or str(data_path).startswith(('.', '/', '~')):
-        raise FileNotFoundError(f"data file not found: {data_path}")
-    else:                                   # a hub name such as 'Dahoas/rm-static'
-        import datasets
-        rows = datasets.load_dataset(str(data_path), split=split, cache_dir=cache_dir).to_list()
-    if not rows: raise ValueError(f"{data_path}: no rows")
-    if max_datasets_size is not None:
-        if max_datasets_size < 1: raise ValueError(f"max_datasets_size must be >= 1 or None, got {max_datasets_size}")
-        rows = rows[:max_datasets_size]
-    return rows
+    "Rows of a JSON list, JSON lines, CSV or parquet file (optionally .gz), a local folder, or (asked explicitly) a hub dataset."
+    if max_datasets_size is not None and (not isinstance(max_datasets_size, int) or max_datasets_size < 1):
+        raise ValueError(f"max_datasets_size must be >= 1 or None, got {max_datasets_size!r}")
+    rows, bad = _load(data_path, split, cache_dir, skip_bad, hub, max_datasets_size)
+    if bad: warnings.warn(f"read_rows({data_path}): {len(rows)} rows; skipped {len(bad)} unreadable rows {_skipped_summary(bad)}", stacklevel=2)
+    if not rows: raise DataFileError(f"{data_path}: no readable rows ({len(bad)} skipped)")
+    return [r for _, _, r in rows]
 
 # %% ../nbs/05b_dataset.ipynb #c370f3ca
 class _BadRow(ValueError): "A row that cannot become a sample; `skip_bad=True` skips it."
@@ -118,21 +217,26 @@ def _text(row: Mapping, key: str, where: str, required: bool = True, allow_empty
     "Field `key` of `row` as a string, or raise _BadRow naming `where` and the field."
     value = row.get(key)
     if value is None:
-        if required: raise _BadRow(f"{where}: field '{key}' is missing (row has {sorted(row)})")
+        if required and key in row: raise _BadRow(f"{where}: field '{key}' is null")
+        if required: raise _BadRow(f"{where}: field '{key}' is missing (row has {sorted(map(str, row))})")
         return None
     if not isinstance(value, str): raise _BadRow(f"{where}: field '{key}' must be a string, got {type(value).__name__}")
     if not allow_empty and not value.strip(): raise _BadRow(f"{where}: field '{key}' is empty")
+    if not value.isascii():
+        try: value.encode('utf-8')
+        except UnicodeEncodeError as e: raise _BadRow(f"{where}: field '{key}' holds {value[e.start]!r}, not valid Unicode") from None
     return value
 
 # %% ../nbs/05b_dataset.ipynb #8f7ad019
-def _rows_of(data) -> tuple[str, list[tuple[int, Any]]]:
-    "(source name, [(row index, row)]) of a path or of rows already in memory."
-    if isinstance(data, (str, os.PathLike)): source, rows = str(data), read_rows(data)
-    else:
-        if isinstance(data, Mapping): raise TypeError(f"expected rows, got a {type(data).__name__} (pick a split, e.g. data['train'])")
-        source, rows = f"<{type(data).__name__}>", list(data)
-        if not rows: raise ValueError(f"{source}: no rows")
-    return source, list(enumerate(rows))
+def _rows_of(data, skip_bad: bool = False) -> tuple[str, list[tuple[str, int, Any]], list[str]]:
+    "(source name, [(file, row index, row)], messages of unreadable rows skipped) of a path or of rows in memory."
+    if isinstance(data, (str, os.PathLike)):
+        rows, unread = _load(data, skip_bad=skip_bad)
+        return str(data), rows, unread
+    if isinstance(data, Mapping): raise TypeError(f"expected rows, got a {type(data).__name__} (pick a split, e.g. data['train'])")
+    source, rows = f"<{type(data).__name__}>", list(data)
+    if not rows: raise ValueError(f"{source}: no rows")
+    return source, [(source, i, r) for i, r in enumerate(rows)], []
 
 def _as_mapping(row, where: str) -> Mapping:
     if not isinstance(row, Mapping): raise _BadRow(f"{where}: expected a dict, got {type(row).__name__}")
@@ -141,15 +245,16 @@ def _as_mapping(row, where: str) -> Mapping:
 # %% ../nbs/05b_dataset.ipynb #d0136d0b
 class _Reporting(Dataset):
     "Counting of bad, truncated and dropped rows, shared by every dataset here."
-    def _begin(self, source: str, skip_bad: bool, max_length: int|None = None):
+    def _begin(self, source: str, skip_bad: bool, max_length: int|None = None, unread: list[str] = ()):
         if max_length is not None and (not isinstance(max_length, int) or max_length < 2):
             raise ValueError(f"max_length must be an int >= 2, got {max_length!r}")
         self.source, self.skip_bad, self.max_length = source, skip_bad, max_length
-        self.skipped, self.truncated_away, self.truncated = 0, 0, 0
+        self.bad_rows = list(unread)              # the message of every row skipped, unreadable lines first
+        self.skipped, self.truncated_away, self.truncated = len(self.bad_rows), 0, 0
 
     def _bad(self, err: _BadRow):
         if not self.skip_bad: raise ValueError(f"{err} (pass skip_bad=True to skip bad rows)") from None
-        self.skipped += 1
+        self.skipped += 1; self.bad_rows.append(str(err))
 
     def _too_long(self, where: str, why: str):
         if not self.skip_bad:
@@ -160,7 +265,7 @@ class _Reporting(Dataset):
     def _end(self, n_samples: int, stacklevel: int = 3):
         name = type(self).__name__
         notes = []
-        if self.skipped: notes.append(f"skipped {self.skipped} bad rows")
+        if self.skipped: notes.append(f"skipped {self.skipped} bad rows ({_skipped_summary(self.bad_rows)})")
         if self.truncated_away:
             notes.append(f"dropped {self.truncated_away} samples whose response did not fit max_length={self.max_length}")
         if self.truncated: notes.append(f"truncated {self.truncated} samples to max_length={self.max_length}")
@@ -271,11 +376,11 @@ class SFTDataset(_SupervisedBase):
                  faithful: bool = False,  # ColossalChat: tokenize prompt+completion+eos text whole, pad to max_length, labels = input_ids
                 ):
         _check_tokenizer(tokenizer)
-        source, rows = _rows_of(dataset)
-        self._begin(source, skip_bad, max_length)
+        source, rows, unread = _rows_of(dataset, skip_bad)
+        self._begin(source, skip_bad, max_length, unread)
         pairs = []
-        for i, row in rows:
-            where = _where(source, i)
+        for src, i, row in rows:
+            where = _where(src, i)
             try:
                 row = _as_mapping(row, where)
                 prompt = _text(row, 'prompt', where)
@@ -288,9 +393,9 @@ class SFTDataset(_SupervisedBase):
         else: self._build(tokenizer, pairs)
 
 # %% ../nbs/05b_dataset.ipynb #5fc086a9
-def _instruction_rows(rows: list[tuple[int, Any]], source: str):
+def _instruction_rows(rows: list[tuple[str, int, Any]]):
     "Yield (where, row) with seed tasks unrolled into one {'instruction','input','output'} row per instance."
-    for i, row in rows:
+    for source, i, row in rows:
         if isinstance(row, Mapping) and 'instances' in row:
             inst = row['instances']
             if not isinstance(inst, list) or not inst:
@@ -305,7 +410,7 @@ def _instruction_rows(rows: list[tuple[int, Any]], source: str):
 def seed_tasks_to_rows(tasks: Iterable[Mapping], # Alpaca seed tasks, each with 'instruction' and 'instances'
                       ) -> list[dict]:
     "Alpaca seed tasks as instruction/input/output rows, one per instance."
-    out = list(_instruction_rows(list(enumerate(tasks)), '<seed tasks>'))
+    out = list(_instruction_rows([('<seed tasks>', i, t) for i, t in enumerate(tasks)]))
     bad = next((r for _, r in out if isinstance(r, _BadRow)), None)
     if bad is not None: raise ValueError(str(bad))
     return [r for _, r in out]
@@ -322,9 +427,9 @@ class SupervisedDataset(_SupervisedBase):
                  faithful: bool = False,  # ColossalChat: whole-text tokens padded to the longest row, labels -100 on the prompt's count
                 ):
         _check_tokenizer(tokenizer)
-        source, rows = _rows_of(data_path)
-        self._begin(source, skip_bad, max_length)
-        items = list(_instruction_rows(rows, source))[:max_datasets_size]
+        source, rows, unread = _rows_of(data_path, skip_bad)
+        self._begin(source, skip_bad, max_length, unread)
+        items = list(_instruction_rows(rows))[:max_datasets_size]
         pairs = []
         for where, row in items:
             try:
@@ -438,11 +543,11 @@ class RmStaticDataset(_PairBase):
                  faithful_truncation: bool = False, # ColossalChat: tokenize each text whole, cut on the right, pad to max_length
                 ):
         _check_tokenizer(tokenizer)
-        source, rows = _rows_of(dataset)
-        self._begin(source, skip_bad, max_length)
+        source, rows, unread = _rows_of(dataset, skip_bad)
+        self._begin(source, skip_bad, max_length, unread)
         pairs = []
-        for i, row in rows:
-            where = _where(source, i)
+        for src, i, row in rows:
+            where = _where(src, i)
             try:
                 row = _as_mapping(row, where)
                 prompt, chosen, rejected = (_text(row, k, where) for k in ('prompt', 'chosen', 'rejected'))
@@ -461,9 +566,18 @@ def split_hh_dialogue(text: str,   # a full hh-rlhf dialogue
     if k < 0: raise ValueError(f"no {ASSISTANT_TAG!r} in the dialogue")
     return text[:k + len(ASSISTANT_TAG)], text[k + len(ASSISTANT_TAG):]
 
+def split_hh_pair(chosen: str,     # the chosen full dialogue
+                  rejected: str,   # the rejected full dialogue
+                 ) -> tuple[str, str, str]:
+    "(prompt, chosen rest, rejected rest): the prompt is the longest common prefix ending with '\\n\\nAssistant:' ('' if none)."
+    n = len(os.path.commonprefix([chosen, rejected]))
+    k = chosen.rfind(ASSISTANT_TAG, 0, n)                     # the last tag lying wholly inside the common prefix
+    cut = 0 if k < 0 else k + len(ASSISTANT_TAG)
+    return chosen[:cut], chosen[cut:], rejected[cut:]
+
 # %% ../nbs/05b_dataset.ipynb #be7c9ccd
 class HhRlhfDataset(_PairBase):
-    "Reward-model pairs of Anthropic hh-rlhf {'chosen', 'rejected'} dialogues, split at the last assistant turn."
+    "Reward-model pairs of Anthropic hh-rlhf {'chosen', 'rejected'} dialogues: a shared prompt, then each side's own turns."
     def __init__(self,
                  dataset,                 # rows (list / datasets.Dataset) or a path (e.g. test.jsonl.gz)
                  tokenizer,               # a transformers tokenizer with eos and pad tokens
@@ -473,26 +587,28 @@ class HhRlhfDataset(_PairBase):
                  faithful_truncation: bool = False, # ColossalChat: tokenize each text whole, cut on the right, pad to max_length
                 ):
         _check_tokenizer(tokenizer)
-        source, rows = _rows_of(dataset)
-        self._begin(source, skip_bad, max_length)
+        source, rows, unread = _rows_of(dataset, skip_bad)
+        self._begin(source, skip_bad, max_length, unread)
         pairs = []
-        for i, row in rows:
-            where = _where(source, i)
+        for src, i, row in rows:
+            where = _where(src, i)
             try:
                 row = _as_mapping(row, where)
-                (pc, c), (pr, r) = (self._split(_text(row, k, where), k, where) for k in ('chosen', 'rejected'))
-                if pc != pr: raise _BadRow(f"{where}: 'chosen' and 'rejected' have different prompts")
-                if c == r: raise _BadRow(f"{where}: fields 'chosen' and 'rejected' are identical")
-                pairs.append((where, pc, c, r))
+                chosen, rejected = (self._dialogue(row, k, where) for k in ('chosen', 'rejected'))
+                if chosen == rejected: raise _BadRow(f"{where}: fields 'chosen' and 'rejected' are identical")
+                prompt, c, r = split_hh_pair(chosen, rejected)
+                if not prompt: raise _BadRow(f"{where}: 'chosen' and 'rejected' differ before the first {ASSISTANT_TAG!r}: no shared prompt")
+                pairs.append((where, prompt, c, r))
             except _BadRow as e: self._bad(e)
         self._build(tokenizer, pairs, special_token, faithful_truncation)
 
     @staticmethod
-    def _split(text: str, key: str, where: str) -> tuple[str, str]:
+    def _dialogue(row: Mapping, key: str, where: str) -> str:
+        "Field `key`: a dialogue with an assistant turn whose last reply is not empty."
+        text = _text(row, key, where)
         if ASSISTANT_TAG not in text: raise _BadRow(f"{where}: field '{key}' has no {ASSISTANT_TAG!r}")
-        prompt, response = split_hh_dialogue(text)
-        if not response.strip(): raise _BadRow(f"{where}: field '{key}' has an empty last assistant response")
-        return prompt, response
+        if not split_hh_dialogue(text)[1].strip(): raise _BadRow(f"{where}: field '{key}' has an empty last assistant response")
+        return text
 
 # %% ../nbs/05b_dataset.ipynb #37e3c529
 @dataclass
@@ -514,6 +630,7 @@ def _prompt_fields(row: Mapping, where: str) -> dict:
         inp = _text(row, 'input', where, required=False, allow_empty=True)
         return {'instruction': _text(row, 'instruction', where), **({'input': inp} if inp else {})}
     if row.get('prompt') is not None: return {'prompt': _text(row, 'prompt', where)}
+    if 'instruction' in row or 'prompt' in row: _text(row, 'instruction' if 'instruction' in row else 'prompt', where)  # "is null"
     raise _BadRow(f"{where}: needs a field 'instruction' or 'prompt' (row has {sorted(row)})")
 
 def _prompt_text(row: Mapping, where: str, use_template: bool) -> str:
@@ -533,9 +650,9 @@ class PromptDataset(_Reporting):
                  faithful: bool = False,  # ColossalChat: bare text cut on the right and padded to max_length by the tokenizer
                 ):
         _check_tokenizer(tokenizer, need_eos=False)
-        source, rows = _rows_of(data_path)
-        self._begin(source, skip_bad, max_length)
-        items = list(_instruction_rows(rows, source))[:max_datasets_size]
+        source, rows, unread = _rows_of(data_path, skip_bad)
+        self._begin(source, skip_bad, max_length, unread)
+        items = list(_instruction_rows(rows))[:max_datasets_size]
         texts = []
         for where, row in items:
             try:
@@ -580,12 +697,12 @@ def generate_prompt_dataset(dataset_path,          # instruction data: any forma
     out = Path(output_path)
     ext = out.suffix.lower()
     if ext not in ('.json', '.jsonl', '.csv'): raise ValueError(f"output_path must end in .json, .jsonl or .csv, got {out.name!r}")
-    source, rows = _rows_of(dataset_path)
+    source, rows, _ = _rows_of(dataset_path)
     if not isinstance(sample_size, int) or not 1 <= sample_size <= len(rows):
         raise ValueError(f"sample_size must be between 1 and {len(rows)} (rows in {source}), got {sample_size!r}")
     picked = random.Random(seed).sample(range(len(rows)), sample_size)
-    try: out_rows = [{**_prompt_fields(_as_mapping(rows[i][1], _where(source, i)), _where(source, i)), 'id': k}
-                     for k, i in enumerate(picked)]
+    try: out_rows = [{**_prompt_fields(_as_mapping(rows[i][2], _where(rows[i][0], rows[i][1])), _where(rows[i][0], rows[i][1])),
+                      'id': k} for k, i in enumerate(picked)]
     except _BadRow as e: raise ValueError(str(e)) from None
     with atomic_write(out) as tmp:
         with open(tmp, 'w', encoding='utf-8', newline='') as f:
