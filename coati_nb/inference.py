@@ -4,19 +4,21 @@
 
 # %% ../nbs/13_inference.ipynb #8446e07d
 from __future__ import annotations
-import argparse, asyncio, ipaddress, json, math, secrets, socket, sys, threading, time, uuid
+import argparse, asyncio, errno, ipaddress, json, math, secrets, socket, sys, threading, time, uuid
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, fields
 from pathlib import Path
+from urllib.parse import urlsplit
 from typing import Callable, Iterable, Iterator, Literal
 
 import torch
 import torch.nn as nn
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .generation import _accepts, _check_temperature, process_logits
@@ -26,13 +28,13 @@ from .toy_task import INSTRUCTION_TAG, PROMPT_NO_INPUT, RESPONSE_TAG
 from .utils import get_dtype
 
 # %% auto #0
-__all__ = ['ROLES', 'COLOSSALCHAT_CONTEXT', 'CHAT_TEMPLATES', 'PRECISIONS', 'BNB_4BIT', 'CHAT_PAGE', 'check_messages',
-           'ChatTemplate', 'get_template', 'render_chat', 'PromptTooLong', 'ChatPrompt', 'build_prompt',
-           'colossalchat_prompt', 'IncrementalDecoder', 'StopFilter', 'apply_repetition_penalty', 'stream_tokens',
-           'bnb_available', 'load_chat_model', 'tiny_chat_model', 'ChatStream', 'ChatEngine', 'sse_event', 'iter_sse',
-           'Busy', 'GenerationLimiter', 'ServeConfig', 'ApiError', 'read_json_body', 'ChatMessage',
-           'ChatCompletionRequest', 'Dialogue', 'GenerationTaskReq', 'openai_stream_args', 'colossal_stream_args',
-           'create_app', 'load_engine', 'serve_cli', 'chat_cli']
+__all__ = ['ROLES', 'COLOSSALCHAT_CONTEXT', 'CHAT_TEMPLATES', 'PRECISIONS', 'BNB_4BIT', 'MIN_TEMPERATURE',
+           'MIN_REPETITION_PENALTY', 'CHAT_PAGE', 'check_messages', 'ChatTemplate', 'get_template', 'render_chat',
+           'PromptTooLong', 'ChatPrompt', 'build_prompt', 'colossalchat_prompt', 'IncrementalDecoder', 'StopFilter',
+           'apply_repetition_penalty', 'stream_tokens', 'bnb_available', 'load_chat_model', 'tiny_chat_model',
+           'ChatStream', 'ChatEngine', 'sse_event', 'iter_sse', 'Busy', 'GenerationLimiter', 'ServeConfig', 'ApiError',
+           'read_json_body', 'ChatMessage', 'ChatCompletionRequest', 'Dialogue', 'GenerationTaskReq',
+           'openai_stream_args', 'colossal_stream_args', 'create_app', 'load_engine', 'serve_cli', 'chat_cli']
 
 # %% ../nbs/13_inference.ipynb #54a20f6e
 ROLES = ('system', 'user', 'assistant')
@@ -516,10 +518,17 @@ class ServeConfig:
     max_body_bytes: int = 262_144    # larger request bodies get 413
     max_messages: int = 64           # messages per request
     temperature: float = 0.7         # default sampling temperature
+    body_timeout: float = 30.0       # seconds for a request body to arrive (408 beyond)
+    keep_alive: float = 5.0          # seconds an idle keep-alive connection stays open
+    allowed_hosts: tuple = ()        # Host names accepted besides localhost and loopback addresses ('*': any)
 
     def __post_init__(self):
+        self.allowed_hosts = tuple(self.allowed_hosts)
+        if not all(isinstance(h, str) and h.strip() for h in self.allowed_hosts):
+            raise ValueError(f"ServeConfig.allowed_hosts must be non-empty host names, got {self.allowed_hosts!r}")
         for f in fields(self):
             v = getattr(self, f.name)
+            if f.name == 'allowed_hosts': continue
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0 \
                or (v == 0 and f.name not in ('max_waiting', 'temperature')):
                 raise ValueError(f"ServeConfig.{f.name} must be a positive number, got {v!r}")
@@ -538,26 +547,54 @@ def _error_response(status: int, message: str, param=None, code=None, headers=No
 # %% ../nbs/13_inference.ipynb #d65355e0
 def _reject_constant(name): raise ValueError(f"{name} is not valid JSON")
 
-async def read_json_body(request: Request,  # the incoming request
-                         limit: int,        # most bytes accepted
+def _bad_unicode(body) -> tuple[str, int]|None:
+    "(where, character index) of the first string in a parsed JSON value that is not valid Unicode, else None."
+    todo = [('', body)]
+    while todo:
+        where, v = todo.pop()
+        if isinstance(v, str):
+            try: v.encode('utf-8')
+            except UnicodeEncodeError as e: return where or 'the body', e.start   # a lone surrogate such as "\\ud800"
+        elif isinstance(v, dict):
+            for k, x in reversed(list(v.items())):
+                todo += [(f"{where}.{k}" if where else k, x), (f"a key in {where or 'the body'}", k)]
+        elif isinstance(v, list): todo += [(f"{where}[{i}]", x) for i, x in reversed(list(enumerate(v)))]
+    return None
+
+async def _read_body(request: Request, limit: int, timeout: float|None) -> bytes:
+    "The raw body: 413 beyond `limit` bytes, 408 when it has not all arrived `timeout` seconds after the headers."
+    chunks, n, parts = [], 0, request.stream().__aiter__()
+    end = None if timeout is None else time.monotonic() + timeout
+    while True:
+        try: chunk = await asyncio.wait_for(parts.__anext__(), None if end is None else max(0.0, end - time.monotonic()))
+        except StopAsyncIteration: return b''.join(chunks)
+        except asyncio.TimeoutError:
+            raise ApiError(408, f"the request body did not arrive within {timeout:g} s (body_timeout); send it at once",
+                           code='body_timeout', headers={'Connection': 'close'}) from None
+        n += len(chunk)
+        if n > limit: raise ApiError(413, f"the request body is larger than {limit} bytes", code='body_too_large')
+        chunks.append(chunk)
+
+async def read_json_body(request: Request,           # the incoming request
+                         limit: int,                 # most bytes accepted
+                         timeout: float|None = None, # seconds for the whole body to arrive (None: no limit)
                         ) -> dict:
-    "The request body as a JSON object, or an ApiError (413 too large, 400 not a JSON object)."
+    "The request body as a JSON object, or an ApiError (413 too large, 408 too slow, 400 not a JSON object)."
     declared = request.headers.get('content-length')
     if declared is not None and (not declared.isdigit() or int(declared) > limit):
         raise ApiError(413, f"the request body is larger than {limit} bytes" if declared.isdigit()
                        else "invalid Content-Length header", code='body_too_large')
-    chunks, n = [], 0
-    async for chunk in request.stream():
-        n += len(chunk)
-        if n > limit: raise ApiError(413, f"the request body is larger than {limit} bytes", code='body_too_large')
-        chunks.append(chunk)
-    raw = b''.join(chunks)
+    raw = await _read_body(request, limit, timeout)
     if not raw.strip(): raise ApiError(400, "the request body is empty: send a JSON object", code='invalid_json')
     try: body = json.loads(raw.decode('utf-8'), parse_constant=_reject_constant)
     except (UnicodeDecodeError, ValueError) as e:
         raise ApiError(400, f"the request body is not valid JSON: {e}", code='invalid_json') from None
+    except RecursionError: raise ApiError(400, "the request body is nested too deeply", code='invalid_json') from None
     if not isinstance(body, dict): raise ApiError(400, f"the request body must be a JSON object, got {type(body).__name__}",
                                                   code='invalid_json')
+    bad = _bad_unicode(body)
+    if bad: raise ApiError(400, f"{bad[0]} is not valid Unicode: a lone surrogate at character {bad[1]} (a \\u escape "
+                           "between \\ud800 and \\udfff must be half of a pair)", param=bad[0], code='invalid_unicode')
     return body
 
 def _validate(model_cls, body: dict):
@@ -584,11 +621,20 @@ class ChatMessage(_Strict):
 
     def text(self) -> str: return self.content if isinstance(self.content, str) else ''.join(p.text for p in self.content)
 
+MIN_TEMPERATURE, MIN_REPETITION_PENALTY = 1e-3, 1e-2   # smaller ones blow scores up to inf (then NaN probabilities)
+
 class _Sampling(_Strict):
     temperature: float|None = Field(None, ge=0, le=2)
     top_p: float|None = Field(None, gt=0, le=1)
     top_k: int|None = Field(None, ge=0)
-    repetition_penalty: float|None = Field(None, gt=0, le=10)
+    repetition_penalty: float|None = Field(None, ge=MIN_REPETITION_PENALTY, le=10)
+
+    @field_validator('temperature')
+    @classmethod
+    def _not_tiny(cls, v):
+        if v is not None and 0 < v < MIN_TEMPERATURE:
+            raise ValueError(f"temperature must be 0 (greedy) or at least {MIN_TEMPERATURE:g}, got {v!r}")
+        return v
 
 class ChatCompletionRequest(_Sampling):
     "The body of POST /v1/chat/completions (OpenAI)."
@@ -676,6 +722,7 @@ class _Job:
             raise ApiError(503, f"no generation slot became free within the {self.state.cfg.timeout:g} s request timeout",
                            code='server_busy', headers={'Retry-After': '1'}) from None
         self.state.jobs.add(self)
+        self.state.started += 1
         try: self.loop.run_in_executor(self.state.executor, self._work)
         except BaseException: self.state.jobs.discard(self); lim.release(); raise
 
@@ -685,6 +732,7 @@ class _Job:
 
     def _finish(self):
         self.state.jobs.discard(self); self.state.limiter.release()
+        self.state.done_tokens += self.stream.completion_tokens
 
     def _work(self):
         try:
@@ -716,6 +764,26 @@ class _Job:
             raise ApiError(504, f"the generation did not finish within the {self.state.cfg.timeout:g} s request timeout",
                            code='timeout') from None
 
+async def _until_disconnected(request: Request):
+    "Return once the client has closed its connection (the request body must have been read already)."
+    try:
+        while (await request.receive())['type'] != 'http.disconnect': pass
+    except Exception: await asyncio.Event().wait()          # the server cannot tell us: never report a disconnect
+
+async def _unless_disconnected(request: Request, job: _Job, work):
+    "Await `work`; if the client goes away first, cancel it (a queued job leaves the queue) and stop the generation."
+    task, gone = asyncio.ensure_future(work), asyncio.ensure_future(_until_disconnected(request))
+    try: await asyncio.wait({task, gone}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+        if not task.done():
+            job.stop.set(); task.cancel()
+            await asyncio.wait({task})             # let it leave the queue, or stop reading the answer
+    if task.cancelled():                           # nobody hears this answer: the connection is closed
+        raise ApiError(499, "the client closed the connection before the answer", code='client_closed')
+    return task.result()
+
+
 # %% ../nbs/13_inference.ipynb #c86ec7b4
 _SSE_HEADERS = {'Cache-Control': 'no-cache', 'X-Accel-Buffering': 'no'}
 
@@ -733,21 +801,22 @@ def _add_openai_routes(app: FastAPI, state):
 
     @app.post('/v1/chat/completions')
     async def chat_completions(request: Request):
-        req = _validate(ChatCompletionRequest, await read_json_body(request, state.cfg.max_body_bytes))
+        req = _validate(ChatCompletionRequest, await read_json_body(request, state.cfg.max_body_bytes, state.cfg.body_timeout))
         if req.model is not None and req.model != state.engine.name:
             raise ApiError(404, f"model {req.model!r} is not served here; this server serves {state.engine.name!r}",
                            param='model', code='model_not_found')
         job = _Job(state, *openai_stream_args(req, state.cfg))
-        await job.start()
         cid, created = f'chatcmpl-{uuid.uuid4().hex}', int(time.time())
         head = {'id': cid, 'created': created, 'model': state.engine.name}
         if not req.stream:
-            text = await job.text()
+            async def answer(): await job.start(); return await job.text()
+            text = await _unless_disconnected(request, job, answer())
             return {**head, 'object': 'chat.completion', 'usage': _usage(job.stream),
                     'choices': [{'index': 0, 'message': {'role': 'assistant', 'content': text},
                                  'finish_reason': _openai_finish(job.stream)}]}
         chunk = lambda delta, finish=None: sse_event(json.dumps({**head, 'object': 'chat.completion.chunk',
             'choices': [{'index': 0, 'delta': delta, 'finish_reason': finish}]}, ensure_ascii=False))
+        await _unless_disconnected(request, job, job.start())   # streaming: Starlette stops the response on disconnect
         async def events():
             yield chunk({'role': 'assistant', 'content': ''})
             try:
@@ -768,18 +837,19 @@ def _add_openai_routes(app: FastAPI, state):
 # %% ../nbs/13_inference.ipynb #bc5099dc
 def _add_colossal_routes(app: FastAPI, state):
     async def start(request: Request) -> _Job:
-        req = _validate(GenerationTaskReq, await read_json_body(request, state.cfg.max_body_bytes))
-        job = _Job(state, *colossal_stream_args(req, state.cfg))
-        await job.start()
-        return job
+        req = _validate(GenerationTaskReq, await read_json_body(request, state.cfg.max_body_bytes, state.cfg.body_timeout))
+        return _Job(state, *colossal_stream_args(req, state.cfg))
 
     @app.post('/generate')
     async def generate_text(request: Request):
-        return await (await start(request)).text()
+        job = await start(request)
+        async def answer(): await job.start(); return await job.text()
+        return await _unless_disconnected(request, job, answer())
 
     @app.post('/generate/stream')
     async def generate_stream(request: Request):
         job = await start(request)
+        await _unless_disconnected(request, job, job.start())
         async def events():
             try:
                 async for piece in job.pieces(): yield sse_event(piece, 'generate')
@@ -857,6 +927,56 @@ class _ServerState:
     executor: ThreadPoolExecutor
     jobs: set
     created: int
+    started: int = 0         # generations that got a slot
+    done_tokens: int = 0     # tokens generated by the finished ones
+
+def _host_name(value: str) -> str|None:
+    "The name in a Host header ('LocalHost:8000' -> 'localhost', '[::1]:80' -> '::1'); None when malformed."
+    try:
+        parts = urlsplit('//' + value.strip())
+        parts.port                                   # raises ValueError on a bad port
+    except ValueError: return None
+    return parts.hostname.rstrip('.') if parts.hostname and not parts.path and not parts.query else None
+
+def _host_allowed(name: str, allowed: tuple) -> bool:
+    if name == 'localhost' or name in allowed or '*' in allowed: return True
+    try: return ipaddress.ip_address(name).is_loopback
+    except ValueError: return False
+
+class _RequestGuard:
+    "ASGI middleware: a known Host (no DNS rebinding), no cross-origin browser requests, JSON bodies only on POST."
+    def __init__(self, app, allowed_hosts: tuple = ()):
+        self.app, self.allowed = app, tuple(h.strip().lower().strip('[]').rstrip('.') for h in allowed_hosts)
+
+    def _refusal(self, scope) -> tuple[int, str]|None:
+        h = Headers(scope=scope)
+        host = h.get('host')
+        if host is None: return 400, "the request has no Host header"
+        name = _host_name(host)
+        in_process = (scope.get('client') or ('',))[0] == 'testclient' and name == 'testserver'   # Starlette's TestClient
+        if name is None or not (in_process or _host_allowed(name, self.allowed)):
+            return 421, (f"the Host header {host!r} is not a name of this server (it answers to localhost, loopback "
+                         f"addresses{''.join(', ' + a for a in self.allowed)}); if clients really reach it under that "
+                         "name, start it with --allowed_host NAME")
+        origin = h.get('origin')
+        if origin is not None:
+            try: o = urlsplit(origin)
+            except ValueError: o = None
+            if o is None or o.scheme not in ('http', 'https') or o.netloc.lower() != host.strip().lower():
+                return 403, (f"cross-origin request from {origin!r} refused: only this server's own page "
+                             f"(http://{host}) may call it from a browser")
+        if scope['method'] == 'POST':
+            ctype = h.get('content-type', '').split(';')[0].strip().lower()
+            if ctype != 'application/json':
+                return 415, f"the request body must be sent with Content-Type: application/json, not {ctype or 'none'!r}"
+        return None
+
+    async def __call__(self, scope, receive, send):
+        refusal = self._refusal(scope) if scope['type'] == 'http' else None
+        if refusal is None: return await self.app(scope, receive, send)
+        status, message = refusal
+        code = {400: 'bad_host', 421: 'bad_host', 403: 'cross_origin', 415: 'unsupported_media_type'}[status]
+        await _error_response(status, message, code=code, headers={'Connection': 'close'})(scope, receive, send)
 
 def create_app(engine: ChatEngine,              # the model to serve
                config: ServeConfig|None = None, # limits and defaults
@@ -872,6 +992,7 @@ def create_app(engine: ChatEngine,              # the model to serve
         state.executor.shutdown(wait=False, cancel_futures=True)
     app = FastAPI(title='coati_nb chat', docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
     app.state.coati = state
+    app.add_middleware(_RequestGuard, allowed_hosts=cfg.allowed_hosts)
 
     @app.exception_handler(ApiError)
     async def api_error(request, e: ApiError): return _error_response(e.status, e.message, e.param, e.code, e.headers)
@@ -884,7 +1005,9 @@ def create_app(engine: ChatEngine,              # the model to serve
     async def page(): return HTMLResponse(CHAT_PAGE)
     @app.get('/health')
     async def health(): return {'status': 'ok', 'model': engine.name, 'running': state.limiter.running,
-                                'waiting': state.limiter.waiting, 'max_running': cfg.max_running, 'max_waiting': cfg.max_waiting}
+                                'waiting': state.limiter.waiting, 'max_running': cfg.max_running, 'max_waiting': cfg.max_waiting,
+                                'started': state.started, 'generated_tokens': state.done_tokens + sum(
+                                    j.stream.completion_tokens for j in list(state.jobs))}
     _add_openai_routes(app, state)
     _add_colossal_routes(app, state)
     return app
@@ -933,12 +1056,15 @@ def serve_cli(argv: list[str]|None = None): # command-line arguments (None: sys.
     p.add_argument('--port', type=int, default=8000, help='0 picks a free port (the address is printed)')
     p.add_argument('--model_name', default=None, help='the model id clients see')
     for f in fields(ServeConfig):
-        if f.name in ('max_new_tokens', 'temperature'): continue
+        if f.name in ('max_new_tokens', 'temperature', 'allowed_hosts'): continue
         p.add_argument(f'--{f.name}', type=type(f.default), default=f.default, help=f'default {f.default}')
+    p.add_argument('--allowed_host', action='append', default=[], metavar='NAME', help='a further Host name clients '
+                   'use to reach the server (repeatable; localhost and the --host address always work; * accepts any)')
     p.add_argument('--log_level', default='warning')
     a = p.parse_args(argv)
     try:
-        cfg = ServeConfig(**{f.name: getattr(a, f.name) for f in fields(ServeConfig)})
+        cfg = ServeConfig(**{f.name: getattr(a, f.name) for f in fields(ServeConfig) if f.name != 'allowed_hosts'},
+                          allowed_hosts=(a.host, *a.allowed_host))
         engine = load_engine(a.model, a.precision, a.template, a.context_len, a.model_name, a.device)
     except (ValueError, FileNotFoundError, ImportError) as e: p.error(str(e))
     if not _is_loopback(a.host):
@@ -946,10 +1072,17 @@ def serve_cli(argv: list[str]|None = None): # command-line arguments (None: sys.
               file=sys.stderr)
     sock = socket.socket(socket.AF_INET6 if ':' in a.host else socket.AF_INET)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((a.host, a.port))
+    try: sock.bind((a.host, a.port))
+    except OSError as e:
+        sock.close()
+        why = ("is already in use (is another server running there?); choose another --port, or --port 0 for a free one"
+               if e.errno == errno.EADDRINUSE else f"cannot be listened on: {e.strerror or e}")
+        print(f"error: port {a.port} on {a.host} {why}", file=sys.stderr)
+        sys.exit(2)
     host, port = sock.getsockname()[:2]
     print(f"coati_nb_serve: serving {engine.name!r} on http://{host if ':' not in host else f'[{host}]'}:{port}", flush=True)
-    server = uvicorn.Server(uvicorn.Config(create_app(engine, cfg), log_level=a.log_level, timeout_graceful_shutdown=5))
+    server = uvicorn.Server(uvicorn.Config(create_app(engine, cfg), log_level=a.log_level, timeout_graceful_shutdown=5,
+                                          timeout_keep_alive=cfg.keep_alive))
     server.run(sockets=[sock])
 
 # %% ../nbs/13_inference.ipynb #c3cfc669

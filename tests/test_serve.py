@@ -3,7 +3,7 @@ talked to with the `openai` client (plain and streamed) and plain HTTP (httpx): 
 the K running + Q waiting limit answers 429 beyond that, disconnects and timeouts free the generation slot, the SSE
 wire format is right; `chat_cli` driven through stdin; the web page driven in headless Debian chromium by playwright.
 The models are tiny random LLaMAs with the bundled tokenizer, saved with save_pretrained into a temporary folder."""
-import json, os, queue, shutil, subprocess, sys, threading, time
+import json, os, queue, shutil, socket, subprocess, sys, threading, time
 from pathlib import Path
 
 import httpx
@@ -71,10 +71,14 @@ def model_dir(tmp_path_factory):
 
 @pytest.fixture(scope='module')
 def servers(model_dir):
-    "The three servers of this module, started at once: the main one, one with a 1 s timeout, the built-in model."
+    "The servers of this module, started at once: the main one, one with a 1 s timeout, the built-in model."
     started = {'main': Server(str(model_dir), '--max_new_tokens', '1000', '--max_prompt_tokens', '256', '--max_running', '1',
-                              '--max_waiting', '1', '--max_body_bytes', '8192', '--timeout', '30', '--model_name', 'tiny-test'),
-               'timeout': Server(str(model_dir), '--timeout', '1', '--max_new_tokens', '3000')}
+                              '--max_waiting', '1', '--max_body_bytes', '8192', '--timeout', '30', '--model_name', 'tiny-test',
+                              '--allowed_host', 'chat.example'),
+               'timeout': Server(str(model_dir), '--timeout', '1', '--max_new_tokens', '3000', '--body_timeout', '1',
+                                 '--keep_alive', '1'),
+               'endless': Server(str(model_dir), '--context_len', '1000000', '--max_new_tokens', '500000',
+                                 '--max_running', '1', '--max_waiting', '2', '--timeout', '100000')}
     if Path(CHROMIUM).is_file(): started['builtin'] = Server('--max_new_tokens', '60')
     yield started
     for s in started.values(): s.stop()
@@ -175,6 +179,21 @@ BAD = [  # (request body, expected status, words the error message must contain)
     ({'messages': [{'role': 'assistant', 'content': 'x'}]}, 400, "role 'assistant'"),
     ({'messages': [{'role': 'user', 'content': '很长的问题' * 200}]}, 400, 'without any history'),
     ({'messages': [{'role': 'user', 'content': 'x' * 9000}]}, 413, 'larger than 8192 bytes'),
+    # degenerate sampling values: each names its parameter (they used to reach the sampler and give a 500)
+    ({'messages': [{'role': 'user', 'content': 'x'}], 'repetition_penalty': 1e-40}, 400, 'repetition_penalty'),
+    ({'messages': [{'role': 'user', 'content': 'x'}], 'repetition_penalty': 0}, 400, 'repetition_penalty'),
+    ({'messages': [{'role': 'user', 'content': 'x'}], 'repetition_penalty': -2.0}, 400, 'repetition_penalty'),
+    ({'messages': [{'role': 'user', 'content': 'x'}], 'temperature': 1e-40}, 400, 'temperature'),
+    ({'messages': [{'role': 'user', 'content': 'x'}], 'temperature': -1.0}, 400, 'temperature'),
+    (b'{"messages": [{"role": "user", "content": "x"}], "temperature": 1e999}', 400, 'temperature'),      # inf
+    (b'{"messages": [{"role": "user", "content": "x"}], "repetition_penalty": 1e999}', 400, 'repetition_penalty'),
+    ({'messages': [{'role': 'user', 'content': 'x'}], 'top_p': 0}, 400, 'top_p'),
+    ({'messages': [{'role': 'user', 'content': 'x'}], 'top_p': 1.5}, 400, 'top_p'),
+    ({'messages': [{'role': 'user', 'content': 'x'}], 'seed': -1}, 400, 'seed'),
+    # invalid Unicode: a lone surrogate, named by where it is
+    (b'{"messages": [{"role": "user", "content": "\\ud800"}]}', 400, 'messages[0].content is not valid Unicode'),
+    (b'{"messages": [{"role": "user", "content": "x"}], "stop": ["ok", "a\\udfff"]}', 400, 'stop[1] is not valid Unicode'),
+    (b'[' * 5000, 400, 'nested too deeply'),
 ]
 
 @pytest.mark.parametrize('body,status,words', BAD, ids=range(len(BAD)))
@@ -183,6 +202,15 @@ def test_bad_request_gets_4xx(server, body, status, words):
     r = server.http.post('/v1/chat/completions', **kw)
     assert r.status_code == status, r.text
     assert words in r.json()['error']['message'], r.json()
+
+
+def test_generate_rejects_degenerate_sampling(server):
+    for param, value in [('repetition_penalty', 1e-40), ('temperature', 1e-40), ('top_k', -3), ('top_p', 2)]:
+        r = server.http.post('/generate', json={'max_new_tokens': 4, 'history': [{'instruction': 'a'}], param: value})
+        assert r.status_code == 400 and r.json()['error']['param'] == param, r.text
+    r = server.http.post('/generate', content=b'{"max_new_tokens": 4, "history": [{"instruction": "\\ud800"}]}',
+                         headers={'content-type': 'application/json'})
+    assert r.status_code == 400 and r.json()['error']['param'] == 'history[0].instruction', r.text
 
 
 def test_more_4xx(server, tmp_path):
@@ -244,6 +272,109 @@ def test_request_timeout(servers):
     assert events[-1] == 'data: [DONE]' and json.loads(events[-2][6:])['error']['code'] == 'timeout'
     h = s.wait_idle(within=60)
     assert (h['running'], h['waiting']) == (0, 0), h
+
+
+def _raw_post(url: str, path: str, body: dict, send_body: bool = True) -> socket.socket:
+    "A POST on a plain socket (so the test decides when the connection closes); the caller closes it."
+    host, port = url.split('//')[1].rsplit(':', 1)
+    raw = json.dumps(body).encode()
+    sock = socket.create_connection((host, int(port)), timeout=60)
+    sock.sendall(f'POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n'
+                 f'Content-Length: {len(raw)}\r\n\r\n'.encode() + (raw if send_body else raw[:len(raw) // 2]))
+    return sock
+
+
+def _wait_health(server, ok, within: float = 60) -> dict:
+    "Poll /health until `ok(health)` holds (the bound only catches a hung server); return the last answer."
+    end = time.monotonic() + within
+    while True:
+        h = server.health()
+        if ok(h) or time.monotonic() > end: return h
+        time.sleep(0.05)
+
+
+def test_disconnect_cancels_plain_and_queued_requests(servers):
+    "A plain (non-streamed) request stops when its client hangs up; a queued one whose client left never runs."
+    s = servers['endless'].ready()               # greedy answers of up to 500000 tokens: they never end on their own
+    body = {'messages': USER, 'max_tokens': 500000, 'temperature': 0}
+    a = _raw_post(s.url, '/v1/chat/completions', body)                       # A: plain, gets the only slot
+    h = _wait_health(s, lambda h: h['running'] == 1 and h['generated_tokens'] > 0)
+    assert (h['running'], h['started']) == (1, 1), h
+    b = _raw_post(s.url, '/v1/chat/completions', {**body, 'stream': True})  # B: streamed, queued behind A
+    c = _raw_post(s.url, '/generate', {'max_new_tokens': 500000, 'history': [{'instruction': 'hi'}]})   # C: queued too
+    h = _wait_health(s, lambda h: h['waiting'] == 2)
+    assert (h['running'], h['waiting']) == (1, 2), h
+    b.close(); c.close()                                                     # B and C leave the queue ...
+    h = _wait_health(s, lambda h: h['waiting'] == 0)
+    assert (h['running'], h['waiting']) == (1, 0), h
+    a.close()                                                                # ... and A's generation stops
+    h = _wait_health(s, lambda h: h['running'] == 0)
+    assert (h['running'], h['waiting'], h['started']) == (0, 0, 1), h       # B and C never ran
+    assert s.health()['generated_tokens'] == h['generated_tokens']         # nothing generates any more
+
+
+def test_host_origin_and_content_type_checks(server):
+    "DNS rebinding (a foreign Host), cross-site browser requests (a foreign Origin) and non-JSON bodies are refused."
+    body = {'messages': USER, 'max_tokens': 2}
+    r = server.http.post('/v1/chat/completions', json=body, headers={'host': 'evil.example'})
+    assert r.status_code == 421 and '--allowed_host' in r.json()['error']['message'], r.text
+    assert server.http.get('/', headers={'host': 'evil.example:80'}).status_code == 421      # the page too
+    assert server.http.post('/v1/chat/completions', json=body, headers={'host': 'chat.example'}).status_code == 200
+    assert server.http.post('/v1/chat/completions', json=body, headers={'host': 'localhost'}).status_code == 200
+    r = server.http.post('/v1/chat/completions', json=body, headers={'origin': 'http://evil.example'})
+    assert r.status_code == 403 and 'cross-origin' in r.json()['error']['message'], r.text
+    assert server.http.post('/generate', json={'max_new_tokens': 2, 'history': [{'instruction': 'a'}]},
+                            headers={'origin': 'null'}).status_code == 403
+    assert server.http.post('/v1/chat/completions', json=body, headers={'origin': server.url}).status_code == 200   # own page
+    for ctype in ('text/plain', 'application/x-www-form-urlencoded', None):
+        headers = {'content-type': ctype} if ctype else {}
+        r = server.http.post('/v1/chat/completions', content=json.dumps(body).encode(), headers=headers)
+        assert r.status_code == 415 and 'application/json' in r.json()['error']['message'], (ctype, r.text)
+    r = server.http.post('/v1/chat/completions', content=json.dumps(body).encode(),
+                         headers={'content-type': 'application/json; charset=utf-8'})
+    assert r.status_code == 200, r.text
+
+
+def _read_until_closed(sock: socket.socket) -> bytes:
+    "Everything the server sends until it closes the connection (the socket's timeout bounds a hang)."
+    out = b''
+    while True:
+        try: data = sock.recv(65536)
+        except (ConnectionResetError, socket.timeout): return out
+        if not data: return out
+        out += data
+
+
+def test_slow_body_gets_408(servers):
+    "A client that sends the headers and half the body, then nothing, gets 408 after --body_timeout (1 s here)."
+    s = servers['timeout'].ready()
+    sock = _raw_post(s.url, '/v1/chat/completions', {'messages': USER, 'max_tokens': 2}, send_body=False)
+    with sock: answer = _read_until_closed(sock)
+    assert answer.startswith(b'HTTP/1.1 408 '), answer
+    assert b'body_timeout' in answer, answer
+    assert s.health()['running'] == 0
+
+
+def test_idle_keep_alive_connection_is_closed(servers):
+    "An idle keep-alive connection is closed by the server after --keep_alive seconds (1 s here)."
+    s = servers['timeout'].ready()
+    host, port = s.url.split('//')[1].rsplit(':', 1)
+    with socket.create_connection((host, int(port)), timeout=60) as sock:
+        sock.sendall(f'GET /health HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n'.encode())
+        answer = _read_until_closed(sock)                                    # returns once the server closes it
+    assert answer.startswith(b'HTTP/1.1 200 ') and b'"status":"ok"' in answer, answer
+
+
+def test_port_in_use_is_one_line_and_exit_2():
+    with socket.socket() as taken:
+        taken.bind(('127.0.0.1', 0)); taken.listen(1)
+        port = taken.getsockname()[1]
+        p = subprocess.run([sys.executable, '-c', 'from coati_nb.inference import serve_cli; serve_cli()', '--port', str(port)],
+                           capture_output=True, text=True, encoding='utf-8', env=ENV, cwd=ROOT, timeout=180)
+    assert p.returncode == 2, (p.returncode, p.stdout, p.stderr)
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f'error: port {port} on 127.0.0.1 is already in use'), p.stderr
+    assert 'Traceback' not in p.stderr and 'serving' not in p.stdout
 
 
 # --- the terminal chat ---------------------------------------------------------------------------------------------
