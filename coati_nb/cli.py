@@ -328,7 +328,7 @@ def build_ppo(a: argparse.Namespace, # parsed `prompts_parser()` flags
                          ptx_coef=ptx_coef, train_batch_size=a.train_batch_size, eps_clip=a.eps_clip, value_clip=a.value_clip,
                          max_epochs=a.max_epochs, experience_options=opts, **tr,
                          pad_token_id=tok.pad_token_id, metrics_path=metrics, ckpt_dir=ckpt,
-                         save_interval=a.save_interval, max_new_tokens=a.max_new_tokens, do_sample=True,
+                         save_interval=a.save_interval, checkpoint_frozen=not (a.pretrain and rm_src), max_new_tokens=a.max_new_tokens, do_sample=True,
                          top_k=a.top_k or None, temperature=a.temperature, eos_token_id=tok.eos_token_id, **preset['generation'])
     prompt_dl = strategy.setup_dataloader(prompts, a.experience_batch_size, collate_fn=DataCollatorForPromptDataset(tok))
     return SimpleNamespace(strategy=strategy, tokenizer=tok, actor=actor, critic=critic, reward_model=reward_model,

@@ -60,13 +60,29 @@ def test_every_script_under_torchrun_ddp(stages, tmp_path):
     assert len(_metrics(tmp_path/'ppo'/'metrics.jsonl')) == 2
 
 
-def test_ppo_resumes_after_sigkill(stages, tmp_path):
-    "Killed with SIGKILL right after its second checkpoint (injected, not timed), then `--resume`: the run ends as one."
-    d, save = stages, tmp_path/'ppo'
-    flags = [*_ppo_args(d, save, episodes=2, timesteps=4), '--save_interval', '1']
-    proc = subprocess.run([sys.executable, ROOT/'tests'/'_kill_after_checkpoint.py', '2', *map(str, flags)],
+def _numbers(path):
+    "Every number of every metrics record, without the wall-clock fields."
+    return [[v for k, v in sorted(r.items()) if k != 'time' and isinstance(v, (int, float))] for r in _metrics(path)]
+
+
+def _same_numbers(a, b):
+    assert len(a) == len(b), (len(a), len(b))
+    for step, (x, y) in enumerate(zip(a, b), 1):
+        assert len(x) == len(y) and all(abs(u - v) <= 1e-6 for u, v in zip(x, y)), (step, x, y)
+
+
+def _kill_after(n, flags):
+    "Run coati_nb_train_prompts and SIGKILL it right after its n-th checkpoint (injected, not timed)."
+    proc = subprocess.run([sys.executable, ROOT/'tests'/'_kill_after_checkpoint.py', str(n), *map(str, flags)],
                           capture_output=True, text=True, timeout=600, env=ENV)
     assert proc.returncode == -signal.SIGKILL, f"not killed ({proc.returncode}): {proc.stderr[-3000:]}"
+
+
+def test_ppo_resumes_after_sigkill(stages, tmp_path):
+    "Killed with SIGKILL right after its second checkpoint, then `--resume`: updates 3-8 equal an uninterrupted run's."
+    d, save = stages, tmp_path/'ppo'
+    flags = [*_ppo_args(d, save, episodes=2, timesteps=4), '--save_interval', '1']
+    _kill_after(2, flags)
     assert (save/'checkpoints'/'step-2').is_dir() and not (save/'checkpoints'/'step-3').exists()
     assert not (save/'model.safetensors').exists()               # it really did not finish
     out = _run([BIN/'coati_nb_train_prompts', *flags, '--resume'])
@@ -74,6 +90,22 @@ def test_ppo_resumes_after_sigkill(stages, tmp_path):
     assert (save/'model.safetensors').is_file()
     steps = [r['step'] for r in _metrics(save/'metrics.jsonl')]
     assert steps[-1] == 8 and set(steps) == set(range(1, 9))
+    _run([BIN/'coati_nb_train_prompts', *_ppo_args(d, tmp_path/'whole', episodes=2, timesteps=4), '--save_interval', '1'])
+    _same_numbers(_numbers(tmp_path/'whole'/'metrics.jsonl'), _numbers(save/'metrics.jsonl'))
+
+
+def test_resume_keeps_models_built_at_random(tmp_path):
+    """No --pretrain: every model is built at random. Killed after update 3 and resumed with *another* --seed, the run
+    still equals the uninterrupted one, because the checkpoint holds the reference and reward models too."""
+    flags = lambda save, seed: ['--save_path', save, '--num_episodes', '2', '--max_timesteps', '3', '--update_timesteps', '1',
+                                '--experience_batch_size', '4', '--train_batch_size', '4', '--ptx_batch_size', '4',
+                                '--max_new_tokens', '6', '--max_datasets_size', '16', '--lr', '1e-3', '--save_interval', '1',
+                                '--seed', seed, *TINY]
+    _run([BIN/'coati_nb_train_prompts', *flags(tmp_path/'whole', 7)])
+    _kill_after(3, flags(tmp_path/'cut', 7))
+    assert {'initial_model.safetensors', 'reward_model.safetensors'} <= {p.name for p in (tmp_path/'cut'/'checkpoints'/'step-3').iterdir()}
+    _run([BIN/'coati_nb_train_prompts', *flags(tmp_path/'cut', 8), '--resume'])
+    _same_numbers(_numbers(tmp_path/'whole'/'metrics.jsonl'), _numbers(tmp_path/'cut'/'metrics.jsonl'))
 
 
 def test_failed_checkpoint_write_keeps_the_last_good_one(tmp_path, monkeypatch):

@@ -32,17 +32,19 @@ class DataStream:
         self.dataloader, self.mode = dataloader, mode
         self.passes, self.index, self._it = 0, 0, None
 
-    def _start_pass(self):
+    def _start_pass(self, skip: int = 0):
         sampler = getattr(self.dataloader, 'sampler', None)
         if hasattr(sampler, 'set_epoch'): sampler.set_epoch(self.passes)
-        self._it = iter(self.dataloader)
+        # A DataLoader draws a seed from the global generator whenever it makes an iterator. Fork it, so that
+        # where a pass starts (the first step, or a resume) never shifts the sampling that follows.
+        with torch.random.fork_rng(devices=[]):
+            self._it = iter(self.dataloader)
+            for _ in range(skip): next(self._it)                         # resume: skip what was already used
 
     def next(self):
         "The next batch; a new pass starts when the dataloader is exhausted."
         if self.mode == 'restart': return next(iter(self.dataloader))   # ColossalChat: the first batch of a new iterator
-        if self._it is None:
-            self._start_pass()
-            for _ in range(self.index): next(self._it)                   # resume: skip what was already used
+        if self._it is None: self._start_pass(skip=self.index)
         try: batch = next(self._it)
         except StopIteration:
             if self.index == 0: raise ValueError("the dataloader of this stream yields no batch") from None
@@ -52,10 +54,15 @@ class DataStream:
         self.index += 1
         return batch
 
-    def state_dict(self) -> dict: return {'passes': self.passes, 'index': self.index}
+    def state_dict(self) -> dict:
+        "The position (pass, index) and the sampler's shuffle seed: together they fix every batch still to come."
+        seed = getattr(getattr(self.dataloader, 'sampler', None), 'seed', None)
+        return {'passes': self.passes, 'index': self.index, **({'seed': int(seed)} if isinstance(seed, int) else {})}
     def load_state_dict(self, st: dict) -> None:
-        "Continue from a saved position (the next `next()` re-creates the iterator there)."
+        "Continue from a saved position (the next `next()` re-creates the iterator there) in the saved shuffle order."
         self.passes, self.index, self._it = int(st['passes']), int(st['index']), None
+        sampler = getattr(self.dataloader, 'sampler', None)
+        if 'seed' in st and hasattr(sampler, 'seed'): sampler.seed = int(st['seed'])
 
 # %% ../../nbs/11_ppo.ipynb #8f7a12b4
 PPO_PRESETS = {
@@ -147,6 +154,7 @@ class PPOTrainer:
                  metrics_path=None,             # JSON lines file for the metrics
                  ckpt_dir=None,                 # folder for resumable checkpoints (None: none)
                  save_interval: int = 0,        # checkpoint every this many updates (0: only at the end when ckpt_dir is set)
+                 checkpoint_frozen: bool = False, # also checkpoint the reference and reward models (when they were built at random)
                  **generate_kwargs,             # for actor.generate: max_length / max_new_tokens, do_sample, top_k, ...
                 ):
         if ptx_mode not in ('additive', 'convex'): raise ValueError(f"ptx_mode must be 'additive' or 'convex', got {ptx_mode!r}")
@@ -180,6 +188,7 @@ class PPOTrainer:
         self.callbacks = list(callbacks)
         self.metrics_path, self.logger = metrics_path, MetricsLogger(None)   # the file is opened by `fit` (fresh, or resumed)
         self.ckpt_dir, self.save_interval = (Path(ckpt_dir) if ckpt_dir else None), save_interval
+        self.checkpoint_frozen = bool(checkpoint_frozen)
         self.global_step = self.update_step = 0
         self.should_stop, self.extra_metrics = False, {}
 
@@ -273,11 +282,17 @@ def _record_step(line: str) -> int|None:
     try: return int(json.loads(line)['step'])
     except (ValueError, KeyError, TypeError): return None
 
+def _checkpointed_models(self) -> dict:
+    "What a checkpoint holds: the trained models, and the frozen ones when they cannot be rebuilt from a folder."
+    m = {'actor': _unwrap(self.strategy, self.actor), 'critic': _unwrap(self.strategy, self.critic)}
+    if self.checkpoint_frozen: m.update(initial_model=self.initial_model, reward_model=self.reward_model)
+    return m
+
 def _checkpoint(self, episode: int, timestep: int):
     if self.ckpt_dir is None: return
     state = {'update_step': self.update_step, 'episode': episode, 'timestep': timestep,
              'prompts': self._prompts.state_dict(), 'ptx': self._ptx.state_dict() if self._ptx is not None else None}
-    save_checkpoint(self.ckpt_dir, self.update_step, {'actor': _unwrap(self.strategy, self.actor), 'critic': _unwrap(self.strategy, self.critic)},
+    save_checkpoint(self.ckpt_dir, self.update_step, _checkpointed_models(self),
                     {'actor': self.actor_optim, 'critic': self.critic_optim}, state=state)
     self.strategy.barrier()
 
@@ -286,8 +301,7 @@ def _resume(self) -> tuple[int, int]:
     if self.ckpt_dir is None: raise ValueError("resume=True needs ckpt_dir")
     ck = latest_checkpoint(self.ckpt_dir)
     if ck is None: return 0, 0
-    st = load_checkpoint(ck, {'actor': _unwrap(self.strategy, self.actor), 'critic': _unwrap(self.strategy, self.critic)},
-                         {'actor': self.actor_optim, 'critic': self.critic_optim})
+    st = load_checkpoint(ck, _checkpointed_models(self), {'actor': self.actor_optim, 'critic': self.critic_optim})
     self.update_step = self.global_step = st['update_step']
     self._prompts.load_state_dict(st['prompts'])
     if self._ptx is not None and st.get('ptx'): self._ptx.load_state_dict(st['ptx'])
