@@ -50,12 +50,16 @@ def _decode(raw: bytes, where: str) -> str:
         raise DataFileError(f"{where}: invalid UTF-8 at byte {e.start + 1} of the line ({raw[e.start:e.start + 1]!r})") from None
 
 # %% ../nbs/05b_dataset.ipynb #af3cc536
+def _json_error(e: json.JSONDecodeError) -> str:
+    "The parser's message with its column: 'Invalid \\escape (column 12)', 'Unterminated string starting at column 5'."
+    return f"{e.msg} column {e.colno}" if e.msg.endswith(' at') else f"{e.msg} (column {e.colno})"
+
 def _json_line(raw: bytes, where: str) -> dict:
-    "One JSON lines line as a dict, or a DataFileError naming `where`, the column and the JSON error."
+    "One JSON lines line as a dict, or a DataFileError naming `where`, the JSON error and its column."
     text = _decode(raw, where)
     cut = '' if raw.endswith(b'\n') else ' (the last line, without a newline: is the file cut short?)'
     try: obj = json.loads(text)
-    except json.JSONDecodeError as e: raise DataFileError(f"{where}: invalid JSON at column {e.colno}: {e.msg}{cut}") from None
+    except json.JSONDecodeError as e: raise DataFileError(f"{where}: invalid JSON: {_json_error(e)}{cut}") from None
     except (ValueError, RecursionError) as e: raise DataFileError(f"{where}: invalid JSON: {e}") from None
     if not isinstance(obj, dict): raise DataFileError(f"{where}: expected a JSON object, got {type(obj).__name__}")
     return obj
@@ -68,7 +72,7 @@ def _json_list(path: Path, data: bytes, skip_bad: bool) -> tuple[list[tuple[int,
         raise DataFileError(f"{path}, line {line} (1-based): invalid UTF-8 ({data[e.start:e.start + 1]!r})") from None
     try: items = json.loads(text)
     except json.JSONDecodeError as e:
-        raise DataFileError(f"{path}, line {e.lineno} (1-based): invalid JSON list at column {e.colno}: {e.msg}") from None
+        raise DataFileError(f"{path}, line {e.lineno} (1-based): invalid JSON list: {_json_error(e)}") from None
     except (ValueError, RecursionError) as e: raise DataFileError(f"{path}: invalid JSON list: {e}") from None
     rows, bad = [], []
     for i, x in enumerate(items):
