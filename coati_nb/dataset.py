@@ -29,6 +29,8 @@ _FORMATS = {'.jsonl': 'json', '.jsonl.gz': 'json', '.json': 'json', '.json.gz': 
 class DataFileError(ValueError):
     "A data file (or one line of it) that cannot be read; the message names the file, and the line when there is one."
 
+_SKIP_HINT = ' (pass skip_bad=True to skip unreadable lines)'
+
 def _data_ext(path: Path) -> str:
     "The data extension of `path` ('.jsonl.gz', '.csv', ...) or '' when it has none we read."
     name = path.name.lower()
@@ -78,7 +80,7 @@ def _json_list(path: Path, data: bytes, skip_bad: bool) -> tuple[list[tuple[int,
     for i, x in enumerate(items):
         if isinstance(x, dict): rows.append((i, x)); continue
         msg = f"{path}, row {i} (0-based): expected a JSON object, got {type(x).__name__}"
-        if not skip_bad: raise DataFileError(msg)
+        if not skip_bad: raise DataFileError(msg + _SKIP_HINT)
         bad.append(msg)
     return rows, bad
 
@@ -92,7 +94,7 @@ def _json_rows(path: Path, skip_bad: bool, limit: int|None = None) -> tuple[list
             if k == 0 and raw.lstrip().startswith(b'['): return _json_list(path, b'\n' * (n - 1) + raw + f.read(), skip_bad)
             try: rows.append((k, _json_line(raw, f"{path}, line {n} (1-based)")))
             except DataFileError as e:
-                if not skip_bad: raise
+                if not skip_bad: raise DataFileError(f"{e}{_SKIP_HINT}") from None
                 bad.append(str(e))
             k += 1
             if limit is not None and len(rows) >= limit: break
@@ -122,7 +124,7 @@ def _csv_rows(path: Path, skip_bad: bool) -> tuple[list[tuple[int, dict]], list[
         else: msg = None
         if msg is None: rows.append((k, dict(zip(header, rec))))
         elif skip_bad: bad.append(msg)
-        else: raise DataFileError(msg)
+        else: raise DataFileError(msg + _SKIP_HINT)
         k += 1
     return rows, bad
 
