@@ -637,7 +637,7 @@ def _prompt_fields(row: Mapping, where: str) -> dict:
         return {'instruction': _text(row, 'instruction', where), **({'input': inp} if inp else {})}
     if row.get('prompt') is not None: return {'prompt': _text(row, 'prompt', where)}
     if 'instruction' in row or 'prompt' in row: _text(row, 'instruction' if 'instruction' in row else 'prompt', where)  # "is null"
-    raise _BadRow(f"{where}: needs a field 'instruction' or 'prompt' (row has {sorted(row)})")
+    raise _BadRow(f"{where}: needs a field 'instruction' or 'prompt' (row has {sorted(map(str, row))})")
 
 def _prompt_text(row: Mapping, where: str, use_template: bool) -> str:
     f = _prompt_fields(row, where)
