@@ -4,22 +4,24 @@
 
 # %% ../nbs/15_cli.ipynb #509fdaed
 from __future__ import annotations
-import argparse, copy, json, math, os, sys
+import argparse, copy, functools, json, math, os, sys
 from types import SimpleNamespace
 from dataclasses import asdict, fields
 from pathlib import Path
 
 import torch
 
+from .lora import LoraRankError
 from .dataset import (DataCollatorForPreferenceDataset, DataCollatorForPromptDataset, DataCollatorForSupervisedDataset,
                               HhRlhfDataset, PromptDataset, RmStaticDataset, SFTDataset, SupervisedDataset, read_rows)
 from .models import MODEL_FAMILIES, family_class, saved_options, tiny_config
 from .pipeline import PipelineConfig, TextDataset, _save_hf, run_pipeline
-from .strategies import STRATEGY_NAMES, strategy_from_name
+from .strategies import _TORCHRUN_VARS, STRATEGY_NAMES, strategy_from_name
 from .tokenizer import load_tokenizer
 from .toy_task import toy_data_path
 from .utils import set_seed
 from .trainer.ppo import PPO_PRESETS, PPOTrainer, ppo_preset
+from .trainer.base import check_finite_weights
 from .trainer.rm import RewardModelTrainer
 from .trainer.sft import SFTTrainer
 
@@ -75,6 +77,7 @@ def _common(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument('--need_optim_ckpt', type=_bool, default=False, help='also save the optimizer state')
     p.add_argument('--metrics_path', default=None, help='JSON lines metrics file (default: SAVE_PATH/metrics.jsonl)')
     p.add_argument('--seed', type=int, default=42)
+    p.add_argument('--debug', action='store_true', help='print the full traceback of an error')
     return p
 
 # %% ../nbs/15_cli.ipynb #2d4bae66
@@ -99,23 +102,70 @@ def _tokenizer(a):
     src = a.tokenizer or (a.pretrain if a.pretrain and (Path(a.pretrain)/'tokenizer.json').is_file() else None)
     return load_tokenizer(src)
 
-def _model(a, role: str, tokenizer, pretrained=None, **options):
+def _load(make, flag: str, folder):
+    "Build a model from `folder`; a file that cannot be read becomes one error naming the flag and the folder."
+    from safetensors import SafetensorError
+    try: return make()
+    except LoraRankError: raise
+    except (SafetensorError, OSError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(f"{flag} {folder}: cannot load a model from it: {first}") from e
+
+def _model(a, role: str, tokenizer, pretrained=None, flag: str = '--pretrain', **options):
     "The family class of --model for `role`, from a folder or a fresh tiny config over the tokenizer; `options` go to the role (e.g. pooling)."
     cls = family_class(a.model, role)
     pretrained = pretrained if pretrained is not None else a.pretrain
     kw = dict(checkpoint=a.grad_checkpoint, lora_rank=a.lora_rank, lora_train_bias=a.lora_train_bias, **options)
-    if pretrained: return cls(pretrained=pretrained, **kw)
-    cfg = tiny_config(a.model, vocab_size=len(tokenizer), hidden_size=64, num_layers=2, num_heads=4, max_positions=max(256, a.max_len + 64),
-                      pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
-    return cls(config=cfg, **kw)
+    try:
+        if pretrained: return _load(lambda: cls(pretrained=pretrained, **kw), flag, pretrained)
+        cfg = tiny_config(a.model, vocab_size=len(tokenizer), hidden_size=64, num_layers=2, num_heads=4, max_positions=max(256, a.max_len + 64),
+                          pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+        return cls(config=cfg, **kw)
+    except LoraRankError as e: raise ValueError(f"--lora_rank {a.lora_rank}: {e}") from e
 
 def _save(strategy, model, tokenizer, a, optim=None):
     if not a.save_path: return
+    check_finite_weights(strategy.unwrap_model(model), f"--save_path {a.save_path}")
     if strategy.is_rank_0():
         _save_hf(strategy.unwrap_model(model), tokenizer, Path(a.save_path))
         if a.need_optim_ckpt and optim is not None: strategy.save_optimizer(optim, Path(a.save_path)/'optimizer.pt', only_rank0=True)
     strategy.barrier()
     if strategy.is_rank_0(): print(f"saved to {a.save_path}")
+
+# %% ../nbs/15_cli.ipynb #b122da63
+def _check_strategy(a, prog: str) -> None:
+    "Refuse a strategy this machine or launch cannot run, before anything loads."
+    name = getattr(a, 'strategy', 'naive')
+    if name.startswith('colossalai') and not torch.cuda.is_available():
+        raise ValueError(f"--strategy {name}: ColossalAI's ZeRO / Gemini run only on CUDA GPUs and this machine has none; "
+                         "use --strategy naive (one process) or ddp (under torchrun, CPU or GPU)")
+    missing = [v for v in _TORCHRUN_VARS if v not in os.environ]
+    if name != 'naive' and missing:
+        raise ValueError(f"--strategy {name} runs one process per device and needs torchrun's environment ({', '.join(missing)} "
+                         f"not set): torchrun --nproc_per_node=N $(which {prog}) --strategy {name} ...")
+
+# A user's mistake, not a bug: bad values or files, missing packages, training that diverged, memory
+_USER_ERRORS = (ValueError, OSError, ImportError, FloatingPointError, torch.OutOfMemoryError)
+
+def _one_line_errors(prog: str):
+    "Wrap a console script: a user's mistake prints `prog: error: …` and exits 2, as argparse does (--debug: the traceback)."
+    def wrap(main):
+        @functools.wraps(main)
+        def run(argv: list[str]|None = None) -> int:
+            debug = '--debug' in map(str, sys.argv[1:] if argv is None else argv)
+            try: return main(argv)
+            except SystemExit as e:
+                if not isinstance(e.code, str): raise                        # argparse's own exit, or a plain code
+                if debug: raise
+                msg = e.code
+            except _USER_ERRORS as e:
+                if debug: raise
+                msg = str(e).strip() or type(e).__name__
+            msg = msg[len('error: '):] if msg.startswith('error: ') else msg
+            print(f"{prog}: error: {msg}", file=sys.stderr)
+            raise SystemExit(2)
+        return run
+    return wrap
 
 # %% ../nbs/15_cli.ipynb #6d1c9b1e
 def sft_parser() -> argparse.ArgumentParser:
@@ -133,9 +183,10 @@ def _sft_dataset(path, tokenizer, a):
     if 'completion' in rows[0] and 'prompt' in rows[0]: return SFTDataset(rows, tokenizer, a.max_len)
     return SupervisedDataset(rows, tokenizer, max_length=a.max_len)
 
+@_one_line_errors('coati_nb_train_sft')
 def train_sft_cli(argv: list[str]|None = None) -> int:
     "coati_nb_train_sft: supervised fine-tuning with ColossalChat's flags."
-    a = sft_parser().parse_args(argv)
+    a = sft_parser().parse_args(argv); _check_strategy(a, 'coati_nb_train_sft')
     _check_paths(a, 'pretrain', 'tokenizer', 'dataset', 'eval_dataset'); _check_writable(a, 'save_path')
     strategy = strategy_from_name(a.strategy, seed=a.seed)
     set_seed(a.seed)                                           # model initialisation, sampling and shuffles repeat with --seed
@@ -177,9 +228,10 @@ def _pairs(path, subset, split, tokenizer, a, limit):
     if 'prompt' in rows[0]: return RmStaticDataset(rows, tokenizer, a.max_len)
     return HhRlhfDataset(rows, tokenizer, a.max_len, skip_bad=True)
 
+@_one_line_errors('coati_nb_train_rm')
 def train_rm_cli(argv: list[str]|None = None) -> int:
     "coati_nb_train_rm: reward model training with ColossalChat's flags."
-    a = rm_parser().parse_args(argv)
+    a = rm_parser().parse_args(argv); _check_strategy(a, 'coati_nb_train_rm')
     _check_paths(a, 'pretrain', 'tokenizer', 'dataset', 'eval_dataset', 'model_path'); _check_writable(a, 'save_path')
     strategy = strategy_from_name(a.strategy, seed=a.seed)
     set_seed(a.seed)                                           # model initialisation, sampling and shuffles repeat with --seed
@@ -207,6 +259,15 @@ def train_rm_cli(argv: list[str]|None = None) -> int:
     return 0
 
 # %% ../nbs/15_cli.ipynb #12916ac1
+def _read_weights(path: Path, load_file) -> dict:
+    "One weights file, safetensors or a legacy state dict (tensors only); an unreadable file is named."
+    from safetensors import SafetensorError
+    import pickle
+    try: return load_file(str(path)) if path.suffix == '.safetensors' else torch.load(path, map_location='cpu', weights_only=True)
+    except (SafetensorError, pickle.UnpicklingError, RuntimeError, EOFError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(f"{path}: not a readable weights file ({first})") from None
+
 def load_reward_model_weights(model: torch.nn.Module, # a RewardModel (or Critic): backbone `model` + `value_head`
                               path,                   # .safetensors file, a folder with one, or a legacy .pt / .bin state dict
                              ) -> None:
@@ -217,9 +278,8 @@ def load_reward_model_weights(model: torch.nn.Module, # a RewardModel (or Critic
         files = sorted(path.glob('*.safetensors'))
         if not files: raise FileNotFoundError(f"{path}: no .safetensors file in this folder")
         sd = {}
-        for f in files: sd.update(load_file(str(f)))
-    elif path.suffix == '.safetensors': sd = load_file(str(path))
-    else: sd = torch.load(path, map_location='cpu', weights_only=True)
+        for f in files: sd.update(_read_weights(f, load_file))
+    else: sd = _read_weights(path, load_file)
     if not isinstance(sd, dict): raise ValueError(f"{path}: expected a state dict, got {type(sd).__name__}")
     sd = {k[len('module.'):] if k.startswith('module.') else k: v for k, v in sd.items()}
     want = set(model.state_dict())
@@ -304,15 +364,15 @@ def build_ppo(a: argparse.Namespace, # parsed `prompts_parser()` flags
     with strategy.model_init_context():
         pos = dict(position_ids_from_mask=mo['position_ids_from_mask'])
         actor = _model(a, 'actor', tok, **pos)
-        initial = family_class(a.model, 'actor')(pretrained=a.pretrain, **pos) if a.pretrain else None
+        initial = _load(lambda: family_class(a.model, 'actor')(pretrained=a.pretrain, **pos), '--pretrain', a.pretrain) if a.pretrain else None
         if initial is None:                                    # a fresh tiny actor: its own frozen copy
             initial = copy.deepcopy(actor)
         rm_args = argparse.Namespace(**{**vars(a), 'model': a.rm_model or a.model, 'lora_rank': 0})
-        rm_src = a.rm_pretrain or a.pretrain
+        rm_src, rm_flag = a.rm_pretrain or a.pretrain, '--rm_pretrain' if a.rm_pretrain else '--pretrain'
         # a pooling saved with a trained reward model wins over the preset's (a mean-trained head scored by its last token is noise)
         rm_opts = {} if rm_src and 'pooling' in saved_options(rm_src) else dict(pooling=mo['rm_pooling'])
-        reward_model = _model(rm_args, 'rm', tok, rm_src, **rm_opts, **pos)
-        critic = _model(argparse.Namespace(**{**vars(a), 'model': a.rm_model or a.model}), 'critic', tok, rm_src,
+        reward_model = _model(rm_args, 'rm', tok, rm_src, rm_flag, **rm_opts, **pos)
+        critic = _model(argparse.Namespace(**{**vars(a), 'model': a.rm_model or a.model}), 'critic', tok, rm_src, rm_flag,
                         use_action_mask=mo['critic_use_action_mask'], **pos)
     if a.rm_path:
         load_reward_model_weights(reward_model, a.rm_path); load_reward_model_weights(critic, a.rm_path)
@@ -335,9 +395,10 @@ def build_ppo(a: argparse.Namespace, # parsed `prompts_parser()` flags
                            initial_model=initial, actor_optim=actor_optim, critic_optim=critic_optim, prompt_dataloader=prompt_dl,
                            pretrain_dataloader=ptx_dl, trainer=trainer, preset=preset, ptx_coef=ptx_coef)
 
+@_one_line_errors('coati_nb_train_prompts')
 def train_prompts_cli(argv: list[str]|None = None) -> int:
     "coati_nb_train_prompts: PPO (+PTX) with ColossalChat's flags."
-    a = prompts_parser().parse_args(argv)
+    a = prompts_parser().parse_args(argv); _check_strategy(a, 'coati_nb_train_prompts')
     _check_paths(a, 'pretrain', 'tokenizer', 'prompt_dataset', 'pretrain_dataset', 'rm_pretrain', 'rm_path', 'ckpt_dir' if a.resume else 'pretrain')
     if a.resume and not (a.ckpt_dir or a.save_path): raise SystemExit("error: --resume needs --ckpt_dir or --save_path")
     _check_writable(a, 'save_path', 'ckpt_dir')
@@ -364,6 +425,7 @@ def pipeline_parser() -> argparse.ArgumentParser:
     p.add_argument('--ablation', action='store_true', help='also run PPO with every preset and write the table')
     return p
 
+@_one_line_errors('coati_nb_pipeline')
 def pipeline_cli(argv: list[str]|None = None) -> int:
     "coati_nb_pipeline: the whole run; prints the summary."
     a = vars(pipeline_parser().parse_args(argv)); ablation = a.pop('ablation')

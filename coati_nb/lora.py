@@ -17,9 +17,9 @@ from tqdm import tqdm
 from .utils import atomic_write, count_parameters
 
 # %% auto #0
-__all__ = ['LORA_TRAIN_BIAS', 'PEFT_PREFIX', 'LoraLinear', 'mark_only_lora_as_trainable', 'convert_to_lora_module', 'LoRAModule',
-           'fit_low_rank_update', 'lora_parameter_table', 'markdown_table', 'merge_lora_weights', 'save_lora_as_peft',
-           'load_lora_from_peft', 'lora_demo', 'lora_demo_cli']
+__all__ = ['LORA_TRAIN_BIAS', 'PEFT_PREFIX', 'LoraRankError', 'LoraLinear', 'mark_only_lora_as_trainable',
+           'convert_to_lora_module', 'LoRAModule', 'fit_low_rank_update', 'lora_parameter_table', 'markdown_table',
+           'merge_lora_weights', 'save_lora_as_peft', 'load_lora_from_peft', 'lora_demo', 'lora_demo_cli']
 
 # %% ../nbs/01_lora.ipynb #f9bd1dec
 def _is_conv1d(layer: nn.Module) -> bool:
@@ -27,12 +27,15 @@ def _is_conv1d(layer: nn.Module) -> bool:
     cls = type(layer)
     return cls.__name__ == 'Conv1D' and cls.__module__.startswith('transformers')
 
+class LoraRankError(ValueError):
+    "A LoRA rank that the layer cannot take."
+
 def _check_rank(r, in_features: int, out_features: int, where: str = 'LoraLinear'):
     "Raise a clear ValueError unless r is an int with 1 <= r <= min(in_features, out_features)."
     if isinstance(r, bool) or not isinstance(r, int) or r <= 0:
-        raise ValueError(f"{where}: the LoRA rank r must be a positive int, got {r!r}")
+        raise LoraRankError(f"{where}: the LoRA rank r must be a positive int, got {r!r}")
     if r > min(in_features, out_features):
-        raise ValueError(f"{where}: the LoRA rank r={r} is larger than min(in_features={in_features}, "
+        raise LoraRankError(f"{where}: the LoRA rank r={r} is larger than min(in_features={in_features}, "
                          f"out_features={out_features}) = {min(in_features, out_features)}; B·A cannot have a higher rank")
 
 def _unpack_base(base, bias, fan_in_fan_out):

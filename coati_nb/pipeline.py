@@ -18,7 +18,7 @@ from .models import family_class, tiny_config
 from .strategies import NaiveStrategy
 from .tokenizer import load_tokenizer
 from .toy_task import corrupt_response, format_prompt, gold_reward, gold_reward_terms, solve_instruction, toy_data_path
-from .trainer.base import read_metrics
+from .trainer.base import check_finite_weights, read_metrics
 from .trainer.ppo import PPO_PRESETS, PPOTrainer, ppo_preset
 from .trainer.rm import RewardModelTrainer
 from .trainer.sft import SFTTrainer
@@ -144,6 +144,7 @@ def _loader(strategy, ds, bs, collate, shuffle=True):
 
 def _save_hf(model, tokenizer, folder: Path):
     "Save a model (LoRA merged) and the tokenizer into `folder`: written to a temporary folder, then each file renamed in."
+    check_finite_weights(model, str(folder))                   # a NaN model is never written
     folder = Path(folder); folder.mkdir(parents=True, exist_ok=True)
     tmp = folder.parent/f'.{folder.name}.tmp'
     if tmp.exists(): shutil.rmtree(tmp)

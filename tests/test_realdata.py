@@ -63,11 +63,11 @@ def _hh_split(text):
 
 
 def _hh_bad_rows(rows):
-    "Rows a reward model cannot use: an empty last response, or chosen and rejected with different prompts."
+    "Rows a reward model cannot use: an empty last response, or chosen equal to rejected (diverging dialogues are kept)."
     bad = []
     for i, r in enumerate(rows):
-        (pc, c), (pr, rj) = _hh_split(r['chosen']), _hh_split(r['rejected'])
-        if pc != pr or not c.strip() or not rj.strip() or c == rj: bad.append(i)
+        (_, c), (_, rj) = _hh_split(r['chosen']), _hh_split(r['rejected'])
+        if not c.strip() or not rj.strip() or c == rj: bad.append(i)
     return bad
 
 

@@ -18,7 +18,8 @@ from ..utils import atomic_write, is_rank_0, get_world_size
 
 # %% auto #0
 __all__ = ['MetricsLogger', 'read_metrics', 'Callback', 'flops_per_token', 'peak_flops', 'PerformanceEvaluator', 'EarlyStopping',
-           'rng_state', 'set_rng_state', 'save_checkpoint', 'latest_checkpoint', 'load_checkpoint', 'SLTrainer']
+           'rng_state', 'set_rng_state', 'check_finite_weights', 'save_checkpoint', 'latest_checkpoint',
+           'load_checkpoint', 'SLTrainer']
 
 # %% ../../nbs/08a_trainer_base.ipynb #8aefab4c
 def _to_number(v):
@@ -185,6 +186,14 @@ def _module(m: nn.Module) -> nn.Module:
     while hasattr(m, 'module') and isinstance(getattr(m, 'module'), nn.Module): m = m.module
     return m
 
+def check_finite_weights(model: nn.Module, # the model about to be saved
+                         what: str = 'model', # its name in the error
+                        ) -> None:
+    "Raise FloatingPointError naming the first tensor that holds a NaN or an infinity: such a model is never written."
+    for name, t in _module(model).state_dict().items():
+        if torch.is_tensor(t) and t.is_floating_point() and not torch.isfinite(t).all():
+            raise FloatingPointError(f"{what}: {name} holds NaN or infinite values; it was not saved (lower the learning rate?)")
+
 def save_checkpoint(ckpt_dir: str|os.PathLike, # the run's checkpoint folder; holds step-N/ folders and `latest`
                     step: int,                # global step this checkpoint resumes after
                     models: dict[str, nn.Module], # name -> model, e.g. {'actor': actor, 'critic': critic}
@@ -195,6 +204,7 @@ def save_checkpoint(ckpt_dir: str|os.PathLike, # the run's checkpoint folder; ho
                    ) -> Path:
     "Write a complete checkpoint atomically and point `latest` at it; returns the checkpoint folder."
     if not is_rank_0(): return Path(ckpt_dir)/f'step-{step}'
+    for name, m in models.items(): check_finite_weights(m, f"checkpoint step {step}, model {name!r}")
     root = Path(ckpt_dir); root.mkdir(parents=True, exist_ok=True)
     final, tmp = root/f'step-{step}', root/f'.tmp-step-{step}'
     if tmp.exists(): shutil.rmtree(tmp)
