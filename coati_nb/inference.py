@@ -520,6 +520,7 @@ class ServeConfig:
     temperature: float = 0.7         # default sampling temperature
     body_timeout: float = 30.0       # seconds for a request body to arrive (408 beyond)
     keep_alive: float = 5.0          # seconds an idle keep-alive connection stays open
+    header_timeout: float = 10.0     # seconds for a request's headers to arrive (the connection is closed beyond)
     allowed_hosts: tuple = ()        # Host names accepted besides localhost and loopback addresses ('*': any)
 
     def __post_init__(self):
@@ -1047,6 +1048,23 @@ def _is_loopback(host: str) -> bool:
     except ValueError: return False
 
 # %% ../nbs/13_inference.ipynb #794051e5
+def _h11_with_header_timeout(seconds: float):
+    "uvicorn's h11 protocol, closing a connection whose request headers are not all in `seconds` after it opened or answered."
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+    class Protocol(H11Protocol):
+        def _arm(self):
+            self._armed_cycle = self.cycle                    # a new cycle object means a complete request head arrived
+            self._head_timer = self.loop.call_later(seconds, self._head_timeout)
+        def _head_timeout(self):
+            if self.cycle is self._armed_cycle and not self.transport.is_closing(): self.transport.close()
+        def connection_made(self, transport):
+            super().connection_made(transport); self._arm()
+        def on_response_complete(self):
+            self._head_timer.cancel(); self._arm(); super().on_response_complete()
+        def connection_lost(self, exc):
+            self._head_timer.cancel(); super().connection_lost(exc)
+    return Protocol
+
 def serve_cli(argv: list[str]|None = None): # command-line arguments (None: sys.argv[1:])
     "coati_nb_serve [MODEL] --host --port ...: serve a chat model over HTTP (127.0.0.1 unless told otherwise)."
     import uvicorn
@@ -1082,7 +1100,7 @@ def serve_cli(argv: list[str]|None = None): # command-line arguments (None: sys.
     host, port = sock.getsockname()[:2]
     print(f"coati_nb_serve: serving {engine.name!r} on http://{host if ':' not in host else f'[{host}]'}:{port}", flush=True)
     server = uvicorn.Server(uvicorn.Config(create_app(engine, cfg), log_level=a.log_level, timeout_graceful_shutdown=5,
-                                          timeout_keep_alive=cfg.keep_alive))
+                                          timeout_keep_alive=cfg.keep_alive, http=_h11_with_header_timeout(cfg.header_timeout)))
     server.run(sockets=[sock])
 
 # %% ../nbs/13_inference.ipynb #c3cfc669

@@ -76,7 +76,7 @@ def servers(model_dir):
                               '--max_waiting', '1', '--max_body_bytes', '8192', '--timeout', '30', '--model_name', 'tiny-test',
                               '--allowed_host', 'chat.example'),
                'timeout': Server(str(model_dir), '--timeout', '1', '--max_new_tokens', '3000', '--body_timeout', '1',
-                                 '--keep_alive', '1'),
+                                 '--keep_alive', '1', '--header_timeout', '1'),
                'endless': Server(str(model_dir), '--context_len', '1000000', '--max_new_tokens', '500000',
                                  '--max_running', '1', '--max_waiting', '2', '--timeout', '100000')}
     if Path(CHROMIUM).is_file(): started['builtin'] = Server('--max_new_tokens', '60')
@@ -363,6 +363,20 @@ def test_idle_keep_alive_connection_is_closed(servers):
         sock.sendall(f'GET /health HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n'.encode())
         answer = _read_until_closed(sock)                                    # returns once the server closes it
     assert answer.startswith(b'HTTP/1.1 200 ') and b'"status":"ok"' in answer, answer
+
+
+@pytest.mark.parametrize('sent', [b'', b'POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Ty'])
+def test_slow_or_silent_headers_are_closed(servers, sent):
+    "A connection that sends nothing, or half its headers, is closed after --header_timeout (1 s here)."
+    s = servers['timeout'].ready()
+    host, port = s.url.split('//')[1].rsplit(':', 1)
+    with socket.create_connection((host, int(port)), timeout=60) as sock:
+        sock.sendall(sent)
+        sock.settimeout(60)                                                  # a bound against a hang only
+        try: answer = sock.recv(65536)
+        except ConnectionResetError: answer = b''
+    assert answer == b'', answer                                             # closed, nothing answered
+    assert s.health()['status'] == 'ok'
 
 
 def test_port_in_use_is_one_line_and_exit_2():
