@@ -1,7 +1,8 @@
 """The chat server and the terminal chat end to end: the real `serve_cli` in a subprocess on a free loopback port,
 talked to with the `openai` client (plain and streamed) and plain HTTP (httpx): bad requests get a 4xx with a message,
-the K running + Q waiting limit answers 429 beyond that, disconnects and timeouts free the generation slot, the SSE
-wire format is right; `chat_cli` driven through stdin; the web page driven in headless Debian chromium by playwright.
+the K running + Q waiting limit answers 429 beyond that, disconnects (plain, streamed, queued) and timeouts free the
+generation slot, a foreign Host / Origin / Content-Type is refused, slow bodies get 408 and slow or idle connections
+are closed, a taken port is a one-line error, the SSE wire format is right; `chat_cli` driven through stdin; the web page driven in headless Debian chromium by playwright.
 The models are tiny random LLaMAs with the bundled tokenizer, saved with save_pretrained into a temporary folder."""
 import json, os, queue, shutil, socket, subprocess, sys, threading, time
 from pathlib import Path
