@@ -77,16 +77,21 @@ def _common(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument('--need_optim_ckpt', type=_bool, default=False, help='also save the optimizer state')
     p.add_argument('--metrics_path', default=None, help='JSON lines metrics file (default: SAVE_PATH/metrics.jsonl)')
     p.add_argument('--seed', type=int, default=42)
+    p.add_argument('--skip_bad', action='store_true', help='skip unreadable lines and unusable rows (counted and named in a warning) instead of stopping')
     p.add_argument('--debug', action='store_true', help='print the full traceback of an error')
     return p
 
 # %% ../nbs/15_cli.ipynb #2d4bae66
+_DATA_FLAGS = ('dataset', 'eval_dataset', 'prompt_dataset', 'pretrain_dataset')
+
 def _check_paths(a, *names):
-    "Every named path flag that is set must exist."
+    "Every named path flag that is set must exist; a data flag may instead name a hub dataset explicitly (hub:NAME)."
     for n in names:
         v = getattr(a, n, None)
-        if v and not Path(v).expanduser().exists() and (Path(v).suffix or str(v).startswith(('.', '/', '~'))):
-            raise SystemExit(f"error: --{n} {v}: no such file or folder")
+        if not v or Path(v).expanduser().exists(): continue
+        if n in _DATA_FLAGS and not str(v).startswith('hub:'):
+            raise SystemExit(f"error: --{n} {v}: no such file or folder (a Hugging Face Hub dataset is written hub:NAME)")
+        if Path(v).suffix or str(v).startswith(('.', '/', '~')): raise SystemExit(f"error: --{n} {v}: no such file or folder")
 
 def _check_writable(a, *names):
     "Every named output folder must be creatable and writable: fail now, not after hours of training."
@@ -162,6 +167,7 @@ def _one_line_errors(prog: str):
                 if debug: raise
                 msg = str(e).strip() or type(e).__name__
             msg = msg[len('error: '):] if msg.startswith('error: ') else msg
+            msg = msg.replace('skip_bad=True', '--skip_bad')                 # the library's advice, in the command's words
             print(f"{prog}: error: {msg}", file=sys.stderr)
             raise SystemExit(2)
         return run
@@ -170,7 +176,7 @@ def _one_line_errors(prog: str):
 # %% ../nbs/15_cli.ipynb #6d1c9b1e
 def sft_parser() -> argparse.ArgumentParser:
     p = _common(argparse.ArgumentParser(prog='coati_nb_train_sft', description='Supervised fine-tuning (ColossalChat train_sft.py flags).'))
-    p.add_argument('--dataset', default=None, help='instruction data (default: the bundled toy SFT data)')
+    p.add_argument('--dataset', default=None, help='instruction data: a local file or folder, or hub:NAME (default: the bundled toy SFT data)')
     p.add_argument('--eval_dataset', default=None, help='held-out data for the eval loss')
     p.add_argument('--pretrain_text', action='store_true', help='--dataset holds plain {"text": ...} rows: continued pre-training')
     p.add_argument('--accumulation_steps', type=_positive(int), default=8)
@@ -179,9 +185,9 @@ def sft_parser() -> argparse.ArgumentParser:
 
 def _sft_dataset(path, tokenizer, a):
     if a.pretrain_text: return TextDataset(path, tokenizer, a.max_len, a.max_datasets_size)
-    rows = read_rows(path, max_datasets_size=a.max_datasets_size)
-    if 'completion' in rows[0] and 'prompt' in rows[0]: return SFTDataset(rows, tokenizer, a.max_len)
-    return SupervisedDataset(rows, tokenizer, max_length=a.max_len)
+    rows = read_rows(path, max_datasets_size=a.max_datasets_size, skip_bad=a.skip_bad)
+    if 'completion' in rows[0] and 'prompt' in rows[0]: return SFTDataset(rows, tokenizer, a.max_len, skip_bad=a.skip_bad)
+    return SupervisedDataset(rows, tokenizer, max_length=a.max_len, skip_bad=a.skip_bad)
 
 @_one_line_errors('coati_nb_train_sft')
 def train_sft_cli(argv: list[str]|None = None) -> int:
@@ -210,7 +216,7 @@ def train_sft_cli(argv: list[str]|None = None) -> int:
 # %% ../nbs/15_cli.ipynb #653ebf27
 def rm_parser() -> argparse.ArgumentParser:
     p = _common(argparse.ArgumentParser(prog='coati_nb_train_rm', description='Reward model training (ColossalChat train_reward_model.py flags).'))
-    p.add_argument('--dataset', default=None, help='preference pairs (default: the bundled toy pairs)')
+    p.add_argument('--dataset', default=None, help='preference pairs: a local file or folder, or hub:NAME (default: the bundled toy pairs)')
     p.add_argument('--eval_dataset', default=None, help='held-out pairs (default: the bundled toy held-out pairs, or the test split)')
     p.add_argument('--subset', default=None, help='sub-folder of --dataset, e.g. harmless-base')
     p.add_argument('--model_path', default=None, help='a reward-model checkpoint to start from (safetensors / legacy .pt state dict)')
@@ -224,9 +230,9 @@ def _pairs(path, subset, split, tokenizer, a, limit):
     if path is None: return None
     root = Path(path)/subset if subset else path
     if Path(root).is_dir() and split != 'train' and not any(Path(root).glob(f'{split}*')): return None
-    rows = read_rows(root, split=split, max_datasets_size=limit)
-    if 'prompt' in rows[0]: return RmStaticDataset(rows, tokenizer, a.max_len)
-    return HhRlhfDataset(rows, tokenizer, a.max_len, skip_bad=True)
+    rows = read_rows(root, split=split, max_datasets_size=limit, skip_bad=a.skip_bad)
+    if 'prompt' in rows[0]: return RmStaticDataset(rows, tokenizer, a.max_len, skip_bad=a.skip_bad)
+    return HhRlhfDataset(rows, tokenizer, a.max_len, skip_bad=a.skip_bad)
 
 @_one_line_errors('coati_nb_train_rm')
 def train_rm_cli(argv: list[str]|None = None) -> int:
@@ -355,11 +361,11 @@ def build_ppo(a: argparse.Namespace, # parsed `prompts_parser()` flags
     set_seed(a.seed)                                           # model initialisation, sampling and shuffles repeat with --seed
     tok = _tokenizer(a)
     if mo['pad_is_eos']: tok.pad_token = tok.eos_token          # ColossalChat (not LLaMA): tokenizer.pad_token = tokenizer.eos_token
-    prompts = PromptDataset(a.prompt_dataset or toy_data_path('prompts'), tok, a.max_datasets_size, a.max_input_len)
+    prompts = PromptDataset(a.prompt_dataset or toy_data_path('prompts'), tok, a.max_datasets_size, a.max_input_len, skip_bad=a.skip_bad)
     ptx_dl = None
     if ptx_coef > 0:
-        rows = read_rows(a.pretrain_dataset or toy_data_path('sft'))
-        ptx = TextDataset(rows, tok, a.max_len) if 'text' in rows[0] else SupervisedDataset(rows, tok, max_length=a.max_len)
+        rows = read_rows(a.pretrain_dataset or toy_data_path('sft'), skip_bad=a.skip_bad)
+        ptx = TextDataset(rows, tok, a.max_len) if 'text' in rows[0] else SupervisedDataset(rows, tok, max_length=a.max_len, skip_bad=a.skip_bad)
         ptx_dl = strategy.setup_dataloader(ptx, a.ptx_batch_size, collate_fn=DataCollatorForSupervisedDataset(tok))
     with strategy.model_init_context():
         pos = dict(position_ids_from_mask=mo['position_ids_from_mask'])
