@@ -19,7 +19,7 @@ from .pipeline import PipelineConfig, TextDataset, _save_hf, run_pipeline
 from .strategies import _TORCHRUN_VARS, STRATEGY_NAMES, strategy_from_name
 from .tokenizer import load_tokenizer
 from .toy_task import toy_data_path
-from .utils import set_seed
+from .utils import cli_errors, set_seed
 from .trainer.ppo import PPO_PRESETS, PPOTrainer, ppo_preset
 from .trainer.base import check_finite_weights
 from .trainer.rm import RewardModelTrainer
@@ -149,29 +149,6 @@ def _check_strategy(a, prog: str) -> None:
         raise ValueError(f"--strategy {name} runs one process per device and needs torchrun's environment ({', '.join(missing)} "
                          f"not set): torchrun --nproc_per_node=N $(which {prog}) --strategy {name} ...")
 
-# A user's mistake, not a bug: bad values or files, missing packages, training that diverged, memory
-_USER_ERRORS = (ValueError, OSError, ImportError, FloatingPointError, torch.OutOfMemoryError)
-
-def _one_line_errors(prog: str):
-    "Wrap a console script: a user's mistake prints `prog: error: …` and exits 2, as argparse does (--debug: the traceback)."
-    def wrap(main):
-        @functools.wraps(main)
-        def run(argv: list[str]|None = None) -> int:
-            debug = '--debug' in map(str, sys.argv[1:] if argv is None else argv)
-            try: return main(argv)
-            except SystemExit as e:
-                if not isinstance(e.code, str): raise                        # argparse's own exit, or a plain code
-                if debug: raise
-                msg = e.code
-            except _USER_ERRORS as e:
-                if debug: raise
-                msg = str(e).strip() or type(e).__name__
-            msg = msg[len('error: '):] if msg.startswith('error: ') else msg
-            msg = msg.replace('skip_bad=True', '--skip_bad')                 # the library's advice, in the command's words
-            print(f"{prog}: error: {msg}", file=sys.stderr)
-            raise SystemExit(2)
-        return run
-    return wrap
 
 # %% ../nbs/15_cli.ipynb #6d1c9b1e
 def sft_parser() -> argparse.ArgumentParser:
@@ -189,7 +166,7 @@ def _sft_dataset(path, tokenizer, a):
     if 'completion' in rows[0] and 'prompt' in rows[0]: return SFTDataset(rows, tokenizer, a.max_len, skip_bad=a.skip_bad)
     return SupervisedDataset(rows, tokenizer, max_length=a.max_len, skip_bad=a.skip_bad)
 
-@_one_line_errors('coati_nb_train_sft')
+@cli_errors('coati_nb_train_sft')
 def train_sft_cli(argv: list[str]|None = None) -> int:
     "coati_nb_train_sft: supervised fine-tuning with ColossalChat's flags."
     a = sft_parser().parse_args(argv); _check_strategy(a, 'coati_nb_train_sft')
@@ -234,7 +211,7 @@ def _pairs(path, subset, split, tokenizer, a, limit):
     if 'prompt' in rows[0]: return RmStaticDataset(rows, tokenizer, a.max_len, skip_bad=a.skip_bad)
     return HhRlhfDataset(rows, tokenizer, a.max_len, skip_bad=a.skip_bad)
 
-@_one_line_errors('coati_nb_train_rm')
+@cli_errors('coati_nb_train_rm')
 def train_rm_cli(argv: list[str]|None = None) -> int:
     "coati_nb_train_rm: reward model training with ColossalChat's flags."
     a = rm_parser().parse_args(argv); _check_strategy(a, 'coati_nb_train_rm')
@@ -401,7 +378,7 @@ def build_ppo(a: argparse.Namespace, # parsed `prompts_parser()` flags
                            initial_model=initial, actor_optim=actor_optim, critic_optim=critic_optim, prompt_dataloader=prompt_dl,
                            pretrain_dataloader=ptx_dl, trainer=trainer, preset=preset, ptx_coef=ptx_coef)
 
-@_one_line_errors('coati_nb_train_prompts')
+@cli_errors('coati_nb_train_prompts')
 def train_prompts_cli(argv: list[str]|None = None) -> int:
     "coati_nb_train_prompts: PPO (+PTX) with ColossalChat's flags."
     a = prompts_parser().parse_args(argv); _check_strategy(a, 'coati_nb_train_prompts')
@@ -431,7 +408,7 @@ def pipeline_parser() -> argparse.ArgumentParser:
     p.add_argument('--ablation', action='store_true', help='also run PPO with every preset and write the table')
     return p
 
-@_one_line_errors('coati_nb_pipeline')
+@cli_errors('coati_nb_pipeline')
 def pipeline_cli(argv: list[str]|None = None) -> int:
     "coati_nb_pipeline: the whole run; prints the summary."
     a = vars(pipeline_parser().parse_args(argv)); ablation = a.pop('ablation')

@@ -13,7 +13,7 @@ import torch
 from torch.utils.data import Dataset
 
 from .toy_task import format_prompt
-from .utils import atomic_write
+from .utils import atomic_write, cli_errors
 
 # %% auto #0
 __all__ = ['IGNORE_INDEX', 'END_MARKERS', 'ASSISTANT_TAG', 'DataFileError', 'read_rows', 'make_supervised_sample',
@@ -721,6 +721,7 @@ def generate_prompt_dataset(dataset_path,          # instruction data: any forma
     return out_rows
 
 # %% ../nbs/05b_dataset.ipynb #e013a881
+@cli_errors('coati_nb_generate_prompt_dataset')
 def generate_prompt_dataset_cli(argv: list[str]|None = None, # command-line arguments (None: sys.argv)
                                ) -> None:
     "Command line of `generate_prompt_dataset`, with ColossalChat's flags."

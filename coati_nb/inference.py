@@ -25,7 +25,8 @@ from .generation import _accepts, _check_temperature, process_logits
 from .models import get_family, tiny_config
 from .tokenizer import load_tokenizer
 from .toy_task import INSTRUCTION_TAG, PROMPT_NO_INPUT, RESPONSE_TAG
-from .utils import get_dtype
+from safetensors import SafetensorError
+from .utils import cli_errors, get_dtype
 
 # %% auto #0
 __all__ = ['ROLES', 'COLOSSALCHAT_CONTEXT', 'CHAT_TEMPLATES', 'PRECISIONS', 'BNB_4BIT', 'MIN_TEMPERATURE',
@@ -1065,6 +1066,7 @@ def _h11_with_header_timeout(seconds: float):
             self._head_timer.cancel(); super().connection_lost(exc)
     return Protocol
 
+@cli_errors('coati_nb_serve')
 def serve_cli(argv: list[str]|None = None): # command-line arguments (None: sys.argv[1:])
     "coati_nb_serve [MODEL] --host --port ...: serve a chat model over HTTP (127.0.0.1 unless told otherwise)."
     import uvicorn
@@ -1084,7 +1086,7 @@ def serve_cli(argv: list[str]|None = None): # command-line arguments (None: sys.
         cfg = ServeConfig(**{f.name: getattr(a, f.name) for f in fields(ServeConfig) if f.name != 'allowed_hosts'},
                           allowed_hosts=(a.host, *a.allowed_host))
         engine = load_engine(a.model, a.precision, a.template, a.context_len, a.model_name, a.device)
-    except (ValueError, FileNotFoundError, ImportError) as e: p.error(str(e))
+    except (ValueError, OSError, ImportError, SafetensorError) as e: p.error(f"{a.model or 'the built-in model'}: {e}")
     if not _is_loopback(a.host):
         print(f"warning: binding {a.host}: the model is reachable from other machines, with no authentication",
               file=sys.stderr)
@@ -1104,6 +1106,7 @@ def serve_cli(argv: list[str]|None = None): # command-line arguments (None: sys.
     server.run(sockets=[sock])
 
 # %% ../nbs/13_inference.ipynb #c3cfc669
+@cli_errors('coati_nb_chat')
 def chat_cli(argv: list[str]|None = None): # command-line arguments (None: sys.argv[1:])
     "coati_nb_chat [MODEL]: chat in the terminal with history; /reset clears it, /exit quits."
     p = argparse.ArgumentParser(prog='coati_nb_chat', description=chat_cli.__doc__)
@@ -1114,7 +1117,7 @@ def chat_cli(argv: list[str]|None = None): # command-line arguments (None: sys.a
     p.add_argument('--stats', action='store_true', help='print token counts per turn on stderr')
     a = p.parse_args(argv)
     try: engine = load_engine(a.model, a.precision, a.template, a.context_len, device=a.device)
-    except (ValueError, FileNotFoundError, ImportError) as e: p.error(str(e))
+    except (ValueError, OSError, ImportError, SafetensorError) as e: p.error(f"{a.model or 'the built-in model'}: {e}")
     tty, history, turn = sys.stdin.isatty(), [], 0
     print(f"chatting with {engine.name!r}: type a message; /reset clears the history, /exit quits", file=sys.stderr)
     while True:

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
-from .utils import atomic_write, count_parameters
+from .utils import atomic_write, cli_errors, count_parameters
 
 # %% auto #0
 __all__ = ['LORA_TRAIN_BIAS', 'PEFT_PREFIX', 'LoraRankError', 'LoraLinear', 'mark_only_lora_as_trainable',
@@ -497,6 +497,7 @@ def _positive_int(s: str) -> int:
     if v < 1: raise argparse.ArgumentTypeError(f"expected a positive integer, got {s!r}")
     return v
 
+@cli_errors('coati_nb_lora_demo')
 def lora_demo_cli(argv: list[str]|None = None, # command-line arguments; None reads sys.argv
                  ) -> None:
     "Console script `coati_nb_lora_demo`: run `lora_demo` with --out, --steps and --seed."

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from .utils import atomic_write, bundled_data_path
+from .utils import atomic_write, bundled_data_path, cli_errors
 
 # %% auto #0
 __all__ = ['PROMPT_INPUT', 'PROMPT_NO_INPUT', 'INSTRUCTION_TAG', 'INPUT_TAG', 'RESPONSE_TAG', 'LEXICON', 'EN2ZH', 'ZH2EN',
@@ -429,6 +429,7 @@ def write_toy_data(out_dir,             # folder to write into (created if missi
     return paths
 
 # %% ../nbs/05_toy_task.ipynb #b35a63b9
+@cli_errors('coati_nb_make_toy_data')
 def toy_data_cli(argv: Sequence[str]|None = None, # command-line arguments; None reads sys.argv
                 ) -> None:
     "Console entry point: write the toy-task data files."

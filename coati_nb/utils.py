@@ -4,7 +4,7 @@
 
 # %% ../nbs/00_utils.ipynb #76f7d960
 from __future__ import annotations
-import contextlib, os, random, tempfile
+import contextlib, functools, os, random, sys, tempfile
 from pathlib import Path
 
 import numpy as np
@@ -13,9 +13,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 # %% auto #0
-__all__ = ['masked_sum', 'masked_mean', 'masked_var', 'masked_normalize', 'whiten', 'log_probs_from_logits',
+__all__ = ['USER_ERRORS', 'masked_sum', 'masked_mean', 'masked_var', 'masked_normalize', 'whiten', 'log_probs_from_logits',
            'entropy_from_logits', 'set_seed', 'get_device', 'get_dtype', 'get_rank', 'get_world_size', 'is_rank_0',
-           'print_rank_0', 'all_reduce_mean', 'atomic_write', 'count_parameters', 'bundled_data_path']
+           'print_rank_0', 'all_reduce_mean', 'atomic_write', 'count_parameters', 'bundled_data_path', 'cli_errors']
 
 # %% ../nbs/00_utils.ipynb #fbea5016
 def _check_mask(tensor: torch.Tensor, mask: torch.Tensor, name: str = 'mask'):
@@ -212,3 +212,26 @@ def bundled_data_path(*parts: str, # path components below the data folder, e.g.
         if root.is_dir(): return root.joinpath(*parts)
     raise FileNotFoundError(f"bundled data folder not found (looked in {pkg/'_data'} and {pkg.parent/'data'}); "
                             "reinstall coati_nb or run from a checkout of the repository")
+
+# %% ../nbs/00_utils.ipynb #151e99c3
+USER_ERRORS = (ValueError, OSError, ImportError, FloatingPointError, torch.OutOfMemoryError)   # a user's mistake, not a bug
+
+def cli_errors(prog: str, # the command's name, as argparse prints it
+              ):
+    "Decorator for a console script `main(argv=None)`: a user's mistake prints `prog: error: …` and exits 2 (--debug: the traceback)."
+    def wrap(main):
+        @functools.wraps(main)
+        def run(argv: list[str]|None = None) -> int:
+            debug = '--debug' in map(str, sys.argv[1:] if argv is None else argv)
+            try: return main(argv)
+            except SystemExit as e:
+                if not isinstance(e.code, str) or debug: raise        # argparse's own exit, a plain code, or --debug
+                msg = e.code
+            except USER_ERRORS as e:
+                if debug: raise
+                msg = str(e).strip() or type(e).__name__
+            msg = msg.removeprefix('error: ').replace('skip_bad=True', '--skip_bad')
+            print(f"{prog}: error: {msg}", file=sys.stderr)
+            raise SystemExit(2)
+        return run
+    return wrap
