@@ -1082,10 +1082,10 @@ def serve_cli(argv: list[str]|None = None): # command-line arguments (None: sys.
                    'use to reach the server (repeatable; localhost and the --host address always work; * accepts any)')
     p.add_argument('--log_level', default='warning')
     a = p.parse_args(argv)
-    try:
-        cfg = ServeConfig(**{f.name: getattr(a, f.name) for f in fields(ServeConfig) if f.name != 'allowed_hosts'},
-                          allowed_hosts=(a.host, *a.allowed_host))
-        engine = load_engine(a.model, a.precision, a.template, a.context_len, a.model_name, a.device)
+    try: cfg = ServeConfig(**{f.name: getattr(a, f.name) for f in fields(ServeConfig) if f.name != 'allowed_hosts'},
+                           allowed_hosts=(a.host, *a.allowed_host))
+    except ValueError as e: p.error(str(e))
+    try: engine = load_engine(a.model, a.precision, a.template, a.context_len, a.model_name, a.device)
     except (ValueError, OSError, ImportError, SafetensorError) as e: p.error(f"{a.model or 'the built-in model'}: {e}")
     if not _is_loopback(a.host):
         print(f"warning: binding {a.host}: the model is reachable from other machines, with no authentication",
