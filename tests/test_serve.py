@@ -37,7 +37,8 @@ class Server:
             self.stop()
             raise RuntimeError(f"the server did not start: {first!r}\n{''.join(self.stderr)}")
         self.url = first.split(' on ')[-1].strip()
-        self.http = httpx.Client(base_url=self.url, timeout=30)
+        # no pooled connections: a server with a 1 s keep-alive could close one just as a request reuses it
+        self.http = httpx.Client(base_url=self.url, timeout=30, limits=httpx.Limits(max_keepalive_connections=0))
         return self
 
     def health(self) -> dict: return self.http.get('/health').json()
@@ -76,7 +77,7 @@ def servers(model_dir):
     started = {'main': Server(str(model_dir), '--max_new_tokens', '1000', '--max_prompt_tokens', '256', '--max_running', '1',
                               '--max_waiting', '1', '--max_body_bytes', '8192', '--timeout', '30', '--model_name', 'tiny-test',
                               '--allowed_host', 'chat.example'),
-               'timeout': Server(str(model_dir), '--timeout', '1', '--max_new_tokens', '3000', '--body_timeout', '1',
+               'timeout': Server(str(model_dir), '--timeout', '1', '--context_len', '1000000', '--max_new_tokens', '500000', '--body_timeout', '1',
                                  '--keep_alive', '1', '--header_timeout', '1'),
                'endless': Server(str(model_dir), '--context_len', '1000000', '--max_new_tokens', '500000',
                                  '--max_running', '1', '--max_waiting', '2', '--timeout', '100000')}
@@ -265,7 +266,7 @@ def test_concurrency_limit_429_and_disconnect(server):
 def test_request_timeout(servers):
     "A generation that outlasts --timeout is stopped: 504 for a plain request, an error event then [DONE] for a stream."
     s = servers['timeout'].ready()
-    body = {'messages': USER, 'max_tokens': 3000, 'temperature': 0}
+    body = {'messages': USER, 'max_tokens': 500000, 'temperature': 0}     # no machine writes that in 1 s
     r = s.http.post('/v1/chat/completions', json=body)
     assert r.status_code == 504 and r.json()['error']['code'] == 'timeout', r.text
     with s.http.stream('POST', '/v1/chat/completions', json={**body, 'stream': True}) as st:
