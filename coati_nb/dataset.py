@@ -106,7 +106,13 @@ _NOT_UTF8 = re.compile('[\udc80-\udcff]')   # bytes that are not UTF-8, as `surr
 def _csv_rows(path: Path, skip_bad: bool) -> tuple[list[tuple[int, dict]], list[str]]:
     "((index, row) of a CSV file with a header line, messages of the records skipped with skip_bad); every cell stays a string."
     with _open(path) as f: text = f.read().decode('utf-8-sig', errors='surrogateescape')
-    reader, rows, bad, header, k = csv.reader(io.StringIO(text, newline='')), [], [], None, 0
+    reader = csv.reader(io.StringIO(text, newline=''))
+    limit = csv.field_size_limit(max(csv.field_size_limit(), len(text)))   # a long cell is data, not an error
+    try: return _csv_records(path, reader, skip_bad)
+    finally: csv.field_size_limit(limit)
+
+def _csv_records(path: Path, reader, skip_bad: bool) -> tuple[list[tuple[int, dict]], list[str]]:
+    rows, bad, header, k = [], [], None, 0
     while True:
         start = reader.line_num + 1                       # a quoted cell may span lines: name the record's first line
         try: rec = next(reader)
@@ -698,12 +704,20 @@ def generate_prompt_dataset(dataset_path,          # instruction data: any forma
                             output_path,           # .json, .jsonl or .csv
                             sample_size: int,      # number of prompts to sample (without replacement)
                             seed: int = 42,        # random seed of the sample
+                            skip_bad: bool = False, # skip (count and warn about) unreadable lines and rows without a prompt
                            ) -> list[dict]:
     "Sample `sample_size` prompts from `dataset_path` and write them to `output_path`; returns the rows written."
     out = Path(output_path)
     ext = out.suffix.lower()
     if ext not in ('.json', '.jsonl', '.csv'): raise ValueError(f"output_path must end in .json, .jsonl or .csv, got {out.name!r}")
-    source, rows, _ = _rows_of(dataset_path)
+    source, rows, unread = _rows_of(dataset_path, skip_bad)
+    if skip_bad:                                   # sample only from rows with a usable prompt; name the others
+        usable = []
+        for file, i, row in rows:
+            try: _prompt_fields(_as_mapping(row, _where(file, i)), _where(file, i)); usable.append((file, i, row))
+            except _BadRow as e: unread.append(str(e))
+        rows = usable
+    if unread: warnings.warn(f"generate_prompt_dataset({source}): skipped {len(unread)} bad rows {_skipped_summary(unread)}", stacklevel=2)
     if not isinstance(sample_size, int) or not 1 <= sample_size <= len(rows):
         raise ValueError(f"sample_size must be between 1 and {len(rows)} (rows in {source}), got {sample_size!r}")
     picked = random.Random(seed).sample(range(len(rows)), sample_size)
@@ -725,11 +739,13 @@ def generate_prompt_dataset(dataset_path,          # instruction data: any forma
 def generate_prompt_dataset_cli(argv: list[str]|None = None, # command-line arguments (None: sys.argv)
                                ) -> None:
     "Command line of `generate_prompt_dataset`, with ColossalChat's flags."
-    p = argparse.ArgumentParser(description="Sample a prompt dataset for PPO from an instruction dataset.")
+    p = argparse.ArgumentParser(prog='coati_nb_generate_prompt_dataset', description="Sample a prompt dataset for PPO from an instruction dataset.")
     p.add_argument('--dataset_path', required=True, help='instruction data (JSON list, JSON lines, CSV, parquet)')
     p.add_argument('--save_path', '--output_path', dest='save_path', required=True, help='output .json, .jsonl or .csv')
     p.add_argument('--sample_size', type=int, default=16384, help='number of prompts to sample')
     p.add_argument('--seed', type=int, default=42, help='random seed')
+    p.add_argument('--skip_bad', action='store_true', help='skip unreadable lines and rows without a prompt (counted and named in a warning)')
+    p.add_argument('--debug', action='store_true', help='print the full traceback of an error')
     a = p.parse_args(argv)
-    rows = generate_prompt_dataset(a.dataset_path, a.save_path, a.sample_size, a.seed)
+    rows = generate_prompt_dataset(a.dataset_path, a.save_path, a.sample_size, a.seed, a.skip_bad)
     print(f"wrote {len(rows)} prompts to {a.save_path}")
