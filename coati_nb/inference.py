@@ -1081,6 +1081,7 @@ def serve_cli(argv: list[str]|None = None): # command-line arguments (None: sys.
     p.add_argument('--allowed_host', action='append', default=[], metavar='NAME', help='a further Host name clients '
                    'use to reach the server (repeatable; localhost and the --host address always work; * accepts any)')
     p.add_argument('--log_level', default='warning')
+    p.add_argument('--debug', action='store_true', help='print the full traceback of an error')
     a = p.parse_args(argv)
     try: cfg = ServeConfig(**{f.name: getattr(a, f.name) for f in fields(ServeConfig) if f.name != 'allowed_hosts'},
                            allowed_hosts=(a.host, *a.allowed_host))
@@ -1115,6 +1116,7 @@ def chat_cli(argv: list[str]|None = None): # command-line arguments (None: sys.a
     p.add_argument('--repetition_penalty', type=float, default=1.0)
     p.add_argument('--seed', type=int, default=None, help='sampling seed of the first answer (then seed+1, ...)')
     p.add_argument('--stats', action='store_true', help='print token counts per turn on stderr')
+    p.add_argument('--debug', action='store_true', help='print the full traceback of an error')
     a = p.parse_args(argv)
     try: engine = load_engine(a.model, a.precision, a.template, a.context_len, device=a.device)
     except (ValueError, OSError, ImportError, SafetensorError) as e: p.error(f"{a.model or 'the built-in model'}: {e}")
