@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from .lora import LoraRankError
-from .dataset import (DataCollatorForPreferenceDataset, DataCollatorForPromptDataset, DataCollatorForSupervisedDataset,
+from .dataset import (DataFileError, DataCollatorForPreferenceDataset, DataCollatorForPromptDataset, DataCollatorForSupervisedDataset,
                               HhRlhfDataset, PromptDataset, RmStaticDataset, SFTDataset, SupervisedDataset, read_rows)
 from .models import MODEL_FAMILIES, family_class, saved_options, tiny_config
 from .pipeline import PipelineConfig, TextDataset, _save_hf, run_pipeline
@@ -204,10 +204,14 @@ def rm_parser() -> argparse.ArgumentParser:
     return p
 
 def _pairs(path, subset, split, tokenizer, a, limit):
+    "The pairs of one split; None for a held-out split the data does not have (a single file is all training data)."
     if path is None: return None
     root = Path(path)/subset if subset else path
-    if Path(root).is_dir() and split != 'train' and not any(Path(root).glob(f'{split}*')): return None
-    rows = read_rows(root, split=split, max_datasets_size=limit, skip_bad=a.skip_bad)
+    if split != 'train' and Path(root).is_file(): return None
+    try: rows = read_rows(root, split=split, max_datasets_size=limit, skip_bad=a.skip_bad)
+    except DataFileError as e:
+        if split != 'train' and 'no data file for split' in str(e): return None
+        raise
     if 'prompt' in rows[0]: return RmStaticDataset(rows, tokenizer, a.max_len, skip_bad=a.skip_bad)
     return HhRlhfDataset(rows, tokenizer, a.max_len, skip_bad=a.skip_bad)
 
@@ -406,12 +410,13 @@ def pipeline_parser() -> argparse.ArgumentParser:
         elif kind == 'float|None': p.add_argument(f'--{f.name}', type=_non_negative(float), default=f.default, help='default: the preset\'s')
         else: p.add_argument(f'--{f.name}', default=f.default)
     p.add_argument('--ablation', action='store_true', help='also run PPO with every preset and write the table')
+    p.add_argument('--debug', action='store_true', help='print the full traceback of an error')
     return p
 
 @cli_errors('coati_nb_pipeline')
 def pipeline_cli(argv: list[str]|None = None) -> int:
     "coati_nb_pipeline: the whole run; prints the summary."
-    a = vars(pipeline_parser().parse_args(argv)); ablation = a.pop('ablation')
+    a = vars(pipeline_parser().parse_args(argv)); ablation = a.pop('ablation'); a.pop('debug')
     try: cfg = PipelineConfig(**a)
     except ValueError as e: raise SystemExit(f"error: {e}") from None
     _check_writable(argparse.Namespace(out=cfg.out), 'out')

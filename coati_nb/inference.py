@@ -1098,8 +1098,7 @@ def serve_cli(argv: list[str]|None = None): # command-line arguments (None: sys.
         sock.close()
         why = ("is already in use (is another server running there?); choose another --port, or --port 0 for a free one"
                if e.errno == errno.EADDRINUSE else f"cannot be listened on: {e.strerror or e}")
-        print(f"error: port {a.port} on {a.host} {why}", file=sys.stderr)
-        sys.exit(2)
+        raise SystemExit(f"error: port {a.port} on {a.host} {why}")        # cli_errors: one line, exit 2
     host, port = sock.getsockname()[:2]
     print(f"coati_nb_serve: serving {engine.name!r} on http://{host if ':' not in host else f'[{host}]'}:{port}", flush=True)
     server = uvicorn.Server(uvicorn.Config(create_app(engine, cfg), log_level=a.log_level, timeout_graceful_shutdown=5,

@@ -342,7 +342,8 @@ def _read_until_closed(sock: socket.socket) -> bytes:
     out = b''
     while True:
         try: data = sock.recv(65536)
-        except (ConnectionResetError, socket.timeout): return out
+        except ConnectionResetError: return out
+        except socket.timeout: raise AssertionError(f"the server never closed the connection; it sent {out[:200]!r}") from None
         if not data: return out
         out += data
 
@@ -389,7 +390,7 @@ def test_port_in_use_is_one_line_and_exit_2():
                            capture_output=True, text=True, encoding='utf-8', env=ENV, cwd=ROOT, timeout=180)
     assert p.returncode == 2, (p.returncode, p.stdout, p.stderr)
     lines = p.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith(f'error: port {port} on 127.0.0.1 is already in use'), p.stderr
+    assert len(lines) == 1 and lines[0].startswith(f'coati_nb_serve: error: port {port} on 127.0.0.1 is already in use'), p.stderr
     assert 'Traceback' not in p.stderr and 'serving' not in p.stdout
 
 
@@ -457,3 +458,17 @@ def test_browser_chat(servers, tmp_path):
         page.click('#reset')
         assert page.query_selector_all('.msg') == []
         browser.close()
+
+
+def test_serve_cli_hands_its_timeouts_to_uvicorn(monkeypatch):
+    "--keep_alive reaches uvicorn's own setting (checked on the config, not by timing a connection)."
+    import uvicorn
+    from coati_nb.inference import serve_cli
+    seen = {}
+    class _NoServer:
+        def __init__(self, config): seen['config'] = config
+        def run(self, sockets): seen['sockets'] = sockets
+    monkeypatch.setattr(uvicorn, 'Server', _NoServer)
+    serve_cli(['--port', '0', '--keep_alive', '7', '--max_new_tokens', '4'])
+    for s in seen['sockets']: s.close()
+    assert seen['config'].timeout_keep_alive == 7

@@ -203,8 +203,9 @@ def save_checkpoint(ckpt_dir: str|os.PathLike, # the run's checkpoint folder; ho
                     keep_last: int = 2,       # keep this many step-N folders (0 keeps all)
                    ) -> Path:
     "Write a complete checkpoint atomically and point `latest` at it; returns the checkpoint folder."
-    if not is_rank_0(): return Path(ckpt_dir)/f'step-{step}'
+    # every rank checks (they hold the same weights), so all raise together instead of waiting at a barrier
     for name, m in models.items(): check_finite_weights(m, f"checkpoint step {step}, model {name!r}")
+    if not is_rank_0(): return Path(ckpt_dir)/f'step-{step}'
     root = Path(ckpt_dir); root.mkdir(parents=True, exist_ok=True)
     final, tmp = root/f'step-{step}', root/f'.tmp-step-{step}'
     if tmp.exists(): shutil.rmtree(tmp)
