@@ -5,7 +5,7 @@ The folder is named by COATI_NB_REFERENCE (a relative value is taken from the pr
 On a CPU it imports with loralib==0.1.2 and the two-line stand-in for `colossalai.logging` in tests/_stubs.
 Missing outside CI: `reference_dir()` returns None (the caller skips and says how to get it). Missing under CI: an error.
 """
-import importlib, os, sys
+import contextlib, importlib, io, os, sys, warnings
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -65,3 +65,11 @@ def colossalchat_training_step(actor, critic, actor_optim, critic_optim, experie
     value = ValueLoss(value_clip)(values, experience.values, experience.reward, action_mask=experience.action_mask) * vf_coef
     value.backward(); critic_optim.step(); critic_optim.zero_grad()
     return {'loss/policy_avg': policy.item(), 'loss/ptx_avg': ptx.item(), 'loss/value_avg': value.item()}
+
+
+@contextlib.contextmanager
+def quiet():
+    "Our warnings and ColossalChat's progress bars silenced."
+    with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
+        warnings.simplefilter('ignore')
+        yield

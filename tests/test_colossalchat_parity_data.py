@@ -30,7 +30,7 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _reference import import_coati, HOW_TO_GET
+from _reference import import_coati, HOW_TO_GET, quiet
 
 coati = import_coati()
 if coati is None: pytest.skip(HOW_TO_GET, allow_module_level=True)
@@ -62,12 +62,6 @@ def tok(request):
     return t
 
 
-@contextlib.contextmanager
-def quiet():
-    "Silence ColossalChat's progress bars and our warnings."
-    with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
-        warnings.simplefilter('ignore')
-        yield
 
 
 def same(ours: dict, theirs: dict, where=''):

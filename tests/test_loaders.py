@@ -20,6 +20,8 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from coati_nb.dataset import (DataFileError, HhRlhfDataset, PromptDataset, RmStaticDataset, SFTDataset,
                               SupervisedDataset, read_rows, split_hh_pair)
 from coati_nb.tokenizer import load_tokenizer
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _reference import quiet  # noqa: E402
 
 
 @pytest.fixture(scope='module')
@@ -27,12 +29,6 @@ def tok():
     return load_tokenizer()
 
 
-@contextlib.contextmanager
-def quiet():
-    "Our warnings and ColossalChat's progress bars silenced."
-    with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
-        warnings.simplefilter('ignore')
-        yield
 
 
 def write(path: Path, data: bytes) -> Path:
