@@ -893,6 +893,7 @@ d = { 'settings': { 'branch': 'main',
                                 'coati_nb.utils.masked_normalize': ('utils.html#masked_normalize', 'coati_nb/utils.py'),
                                 'coati_nb.utils.masked_sum': ('utils.html#masked_sum', 'coati_nb/utils.py'),
                                 'coati_nb.utils.masked_var': ('utils.html#masked_var', 'coati_nb/utils.py'),
+                                'coati_nb.utils.module_device': ('utils.html#module_device', 'coati_nb/utils.py'),
                                 'coati_nb.utils.print_rank_0': ('utils.html#print_rank_0', 'coati_nb/utils.py'),
                                 'coati_nb.utils.set_seed': ('utils.html#set_seed', 'coati_nb/utils.py'),
                                 'coati_nb.utils.whiten': ('utils.html#whiten', 'coati_nb/utils.py')}}}

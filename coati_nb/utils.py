@@ -14,8 +14,9 @@ import torch.nn.functional as F
 
 # %% auto #0
 __all__ = ['USER_ERRORS', 'masked_sum', 'masked_mean', 'masked_var', 'masked_normalize', 'whiten', 'log_probs_from_logits',
-           'entropy_from_logits', 'set_seed', 'get_device', 'get_dtype', 'get_rank', 'get_world_size', 'is_rank_0',
-           'print_rank_0', 'all_reduce_mean', 'atomic_write', 'count_parameters', 'bundled_data_path', 'cli_errors']
+           'entropy_from_logits', 'set_seed', 'get_device', 'module_device', 'get_dtype', 'get_rank', 'get_world_size',
+           'is_rank_0', 'print_rank_0', 'all_reduce_mean', 'atomic_write', 'count_parameters', 'bundled_data_path',
+           'cli_errors']
 
 # %% ../nbs/00_utils.ipynb #fbea5016
 def _check_mask(tensor: torch.Tensor, mask: torch.Tensor, name: str = 'mask'):
@@ -136,6 +137,12 @@ def get_device(prefer: str|None = None, # 'cuda', 'cpu', 'mps' or None for the b
     if torch.cuda.is_available():
         return torch.device('cuda', int(os.environ.get('LOCAL_RANK', 0)))
     return torch.device('cpu')
+
+def module_device(module: nn.Module, # any torch module
+                 ) -> torch.device:
+    "The device of a module's first parameter (CPU for a module without parameters)."
+    p = next(module.parameters(), None)
+    return p.device if p is not None else torch.device('cpu')
 
 _DTYPES = {'fp32': torch.float32, 'float32': torch.float32, 'fp16': torch.float16, 'float16': torch.float16,
            'bf16': torch.bfloat16, 'bfloat16': torch.bfloat16}
