@@ -63,6 +63,8 @@ def masked_var(values: torch.Tensor, # values, any shape
         var = var * n / (n - 1)
     return var
 
+
+# %% ../nbs/00_utils.ipynb #fda81a86
 def masked_normalize(tensor: torch.Tensor, # values, e.g. (B, A)
                      mask: torch.Tensor,   # 1 where valid
                      dim: int = 1,         # normalise along this dimension
