@@ -10,6 +10,7 @@ from typing import Iterable
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
+from .prompts import CHAT_TEMPLATE
 from .utils import atomic_write, bundled_data_path
 
 # %% auto #0
@@ -81,7 +82,7 @@ def tokenizer_file_bytes(tok: Tokenizer, # a tokenizer from `build_bpe`
                         ) -> dict[str, bytes]:
     "The contents of the three files that make a folder loadable by `AutoTokenizer`."
     config = {'tokenizer_class': 'PreTrainedTokenizerFast', **SPECIAL_TOKENS, 'clean_up_tokenization_spaces': False,
-              'model_input_names': ['input_ids', 'attention_mask'], 'padding_side': 'right'}
+              'model_input_names': ['input_ids', 'attention_mask'], 'padding_side': 'right', 'chat_template': CHAT_TEMPLATE}
     dump = lambda o: (json.dumps(o, ensure_ascii=False, indent=2) + '\n').encode('utf-8')
     return {'tokenizer.json': (tok.to_str(pretty=True) + '\n').encode('utf-8'),
             'tokenizer_config.json': dump(config), 'special_tokens_map.json': dump(SPECIAL_TOKENS)}

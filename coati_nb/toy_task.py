@@ -9,46 +9,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+from .prompts import format_prompt, parse_prompt
+from .prompts import INPUT_TAG, INSTRUCTION_TAG, PROMPT_INPUT, PROMPT_NO_INPUT, RESPONSE_TAG  # compat: moved to prompts
 from .utils import atomic_write, bundled_data_path, cli_errors
 
 # %% auto #0
-__all__ = ['PROMPT_INPUT', 'PROMPT_NO_INPUT', 'INSTRUCTION_TAG', 'INPUT_TAG', 'RESPONSE_TAG', 'LEXICON', 'EN2ZH', 'ZH2EN',
-           'REVERSE_WORDS', 'TASKS', 'LANGS', 'TEMPLATES', 'LIST_SEP', 'JUNK_UNITS', 'EVAL_FRACTION', 'REJECT_KINDS',
-           'TOY_FILES', 'format_prompt', 'parse_prompt', 'ToyExample', 'solve_instruction', 'make_example',
-           'gold_reward_terms', 'gold_reward', 'batch_gold_reward', 'is_eval_instruction', 'corrupt_response',
-           'make_plain_sentence', 'make_preference_pair', 'make_corpus', 'toy_data_path', 'write_toy_data',
-           'toy_data_cli']
-
-# %% ../nbs/05_toy_task.ipynb #75082c83
-PROMPT_INPUT = ("Below is an instruction that describes a task, paired with an input that provides further context. "
-                "Write a response that appropriately completes the request.\n\n"
-                "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:")
-PROMPT_NO_INPUT = ("Below is an instruction that describes a task. "
-                   "Write a response that appropriately completes the request.\n\n"
-                   "### Instruction:\n{instruction}\n\n### Response:")
-INSTRUCTION_TAG, INPUT_TAG, RESPONSE_TAG = '### Instruction:', '### Input:', '### Response:'
-
-def format_prompt(instruction: str, # what the model is asked to do
-                  input: str = '',  # optional context; '' (or None) selects the template without an input
-                 ) -> str:
-    "The Alpaca-style prompt for `instruction` (and `input`); the response follows it directly."
-    if not isinstance(instruction, str): raise ValueError(f"instruction must be a string, got {type(instruction).__name__}")
-    if not instruction.strip(): raise ValueError("instruction is empty")
-    if input is None: input = ''
-    if not isinstance(input, str): raise ValueError(f"input must be a string or None, got {type(input).__name__}")
-    return PROMPT_INPUT.format(instruction=instruction, input=input) if input else PROMPT_NO_INPUT.format(instruction=instruction)
-
-# %% ../nbs/05_toy_task.ipynb #95d2edf3
-_PROMPT_RE = re.compile(r'### Instruction:\n(?P<instruction>.*?)(?:\n\n### Input:\n(?P<input>.*?))?\n\n### Response:\s*\Z', re.S)
-
-def parse_prompt(prompt: str, # a prompt made by `format_prompt`, or a bare instruction
-                ) -> tuple[str, str]:
-    "(instruction, input) of a formatted prompt; a bare instruction gives (instruction, '')."
-    if not isinstance(prompt, str): raise ValueError(f"prompt must be a string, got {type(prompt).__name__}")
-    m = _PROMPT_RE.search(prompt)
-    if m: return m['instruction'], m['input'] or ''
-    if RESPONSE_TAG in prompt: raise ValueError(f"prompt has '{RESPONSE_TAG}' but no '{INSTRUCTION_TAG}' section before it: {prompt!r}")
-    return prompt.strip(), ''
+__all__ = ['LEXICON', 'EN2ZH', 'ZH2EN', 'REVERSE_WORDS', 'TASKS', 'LANGS', 'TEMPLATES', 'LIST_SEP', 'JUNK_UNITS', 'EVAL_FRACTION',
+           'REJECT_KINDS', 'TOY_FILES', 'ToyExample', 'solve_instruction', 'make_example', 'gold_reward_terms',
+           'gold_reward', 'batch_gold_reward', 'is_eval_instruction', 'corrupt_response', 'make_plain_sentence',
+           'make_preference_pair', 'make_corpus', 'toy_data_path', 'write_toy_data', 'toy_data_cli']
 
 # %% ../nbs/05_toy_task.ipynb #7b5c64c4
 LEXICON: tuple[tuple[str, str], ...] = (
