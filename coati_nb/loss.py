@@ -59,7 +59,7 @@ class GPTLMLoss(nn.Module):
         n = (shift_labels != self.ignore_index).sum()
         return nll / n.clamp(min=1)
 
-# %% ../nbs/02_loss.ipynb #df335910
+# %% ../nbs/02_loss.ipynb #3b5b6c58
 def _per_action_advantages(who: str, advantages: torch.Tensor, log_probs: torch.Tensor) -> torch.Tensor:
     "Advantages as (B, A) or (B, 1): per token, or one per sequence given as (B,) or (B, 1)."
     B, A = log_probs.shape
@@ -67,6 +67,8 @@ def _per_action_advantages(who: str, advantages: torch.Tensor, log_probs: torch.
     if _shape(advantages) == (B,): return advantages[:, None]
     raise ValueError(f"{who}: advantages {_shape(advantages)} must be ({B}, {A}) per token, or ({B},) / ({B}, 1) per sequence")
 
+
+# %% ../nbs/02_loss.ipynb #df335910
 class PolicyLoss(nn.Module):
     "PPO clipped surrogate loss, averaged over each sequence's valid actions and then over the batch."
     def __init__(self,
@@ -184,36 +186,34 @@ def _check_pair(who: str, chosen_reward: torch.Tensor, reject_reward: torch.Tens
     if _shape(chosen_reward) != _shape(reject_reward):
         raise ValueError(f"{who}: chosen_reward {_shape(chosen_reward)} and reject_reward {_shape(reject_reward)} must have the same shape")
 
-class LogSigLoss(nn.Module):
+class _PairwiseLoss(nn.Module):
+    "The body both pairwise losses share: check the pair's shapes, take the loss of every pair, average over pairs."
+    def __init__(self,
+                 stable: bool = True, # False: ColossalChat's literal formula, inf/NaN for large negative gaps
+                ):
+        super().__init__()
+        self.stable = stable
+
+    def forward(self,
+                chosen_reward: torch.Tensor, # (B,) scores of the preferred responses
+                reject_reward: torch.Tensor, # (B,) scores of the rejected responses
+               ) -> torch.Tensor:            # scalar
+        _check_pair(type(self).__name__, chosen_reward, reject_reward)
+        return self._per_pair(chosen_reward, reject_reward).mean()
+
+
+# %% ../nbs/02_loss.ipynb #eaf2a429
+class LogSigLoss(_PairwiseLoss):
     "Pairwise ranking loss −log σ(r_chosen − r_rejected) (Bradley–Terry; InstructGPT eq. 1), averaged over pairs."
-    def __init__(self,
-                 stable: bool = True, # False: ColossalChat's -log(sigmoid(x)), inf/NaN for large negative gaps
-                ):
-        super().__init__()
-        self.stable = stable
-
-    def forward(self,
-                chosen_reward: torch.Tensor, # (B,) scores of the preferred responses
-                reject_reward: torch.Tensor, # (B,) scores of the rejected responses
-               ) -> torch.Tensor:            # scalar
-        _check_pair('LogSigLoss', chosen_reward, reject_reward)
+    def _per_pair(self, chosen_reward, reject_reward):
+        "(B,) loss of every pair: −log σ(x), x = r_chosen − r_rejected."
         x = chosen_reward - reject_reward                                   # (B,) reward gap
-        loss = -F.logsigmoid(x) if self.stable else -torch.log(torch.sigmoid(x))
-        return loss.mean()
+        return -F.logsigmoid(x) if self.stable else -torch.log(torch.sigmoid(x))    # stable=False: ColossalChat
 
-class LogExpLoss(nn.Module):
+class LogExpLoss(_PairwiseLoss):
     "Pairwise ranking loss log(1 + exp(r_rejected − r_chosen)) (Anthropic HH), averaged over pairs; equals LogSigLoss."
-    def __init__(self,
-                 stable: bool = True, # False: ColossalChat's log(1+exp(x)), inf/NaN for large negative gaps
-                ):
-        super().__init__()
-        self.stable = stable
-
-    def forward(self,
-                chosen_reward: torch.Tensor, # (B,) scores of the preferred responses
-                reject_reward: torch.Tensor, # (B,) scores of the rejected responses
-               ) -> torch.Tensor:            # scalar
-        _check_pair('LogExpLoss', chosen_reward, reject_reward)
+    def _per_pair(self, chosen_reward, reject_reward):
+        "(B,) loss of every pair: log(1 + e^x), x = r_rejected − r_chosen."
         x = reject_reward - chosen_reward                                   # (B,) negated gap
-        loss = F.softplus(x) if self.stable else torch.log(1 + torch.exp(x))
-        return loss.mean()
+        return F.softplus(x) if self.stable else torch.log(1 + torch.exp(x))       # stable=False: ColossalChat
+
