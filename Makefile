@@ -13,7 +13,7 @@ PY    := $(VENV)/bin/python
 BIN   := $(VENV)/bin
 STAMP := $(VENV)/.coati_nb-installed
 
-.PHONY: install test demo sync-check nbtest pytest test-slow nb-one hooks export readme lab clean browser
+.PHONY: install test demo sync-check nbtest pytest test-slow nb-one hooks export readme lab clean browser colossalai
 
 $(STAMP): settings.ini setup.py
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,16 @@ $(STAMP): settings.ini setup.py
 	@touch $@
 
 install: $(STAMP)
+
+## ColossalAI strategies (CUDA only). colossalai 0.5.0 pins torch <= 2.5.1 and transformers 4.51.3, so a plain
+## `pip install colossalai` would replace the torch you chose: install it without its pins, then the few modules it
+## imports. On a GPU machine use torch 2.5.1 (make install TORCH_SPEC="torch==2.5.1" ...), see docker/Dockerfile.
+COLOSSALAI_SPEC ?= colossalai==0.5.0
+colossalai: $(STAMP)
+	$(PY) -m pip install -q --no-deps "$(COLOSSALAI_SPEC)"
+	$(PY) -m pip install -q --no-deps galore_torch "bitsandbytes==0.50.2"
+	$(PY) -m pip install -q einops psutil packaging peft
+	$(PY) -c "import colossalai; print('colossalai', colossalai.__version__, 'is importable')"
 
 ## The browser the chat page's test drives: Debian's chromium (nothing may download a browser)
 browser:
@@ -78,8 +88,9 @@ export: $(STAMP)
 readme:
 	$(PYTHON) tests/readme_sync.py
 
+## JupyterLab on the notebooks; as root (e.g. in Docker) it needs --allow-root, which is added only then
 lab: $(STAMP)
-	$(BIN)/jupyter lab nbs
+	$(BIN)/jupyter lab nbs $$([ "$$(id -u)" = 0 ] && echo --allow-root --ip=0.0.0.0 --no-browser)
 
 clean:
 	rm -rf .sync runs _proc _docs build *.egg-info

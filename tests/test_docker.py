@@ -16,7 +16,7 @@ def _instructions(path: Path) -> list[tuple[str, str]]:
 
 def test_there_is_a_cpu_and_a_gpu_image():
     assert {p.name for p in DOCKERFILES} >= {'Dockerfile', 'Dockerfile.cpu'}
-    assert 'colossalai' in (ROOT/'docker'/'Dockerfile').read_text()
+    assert 'make colossalai' in (ROOT/'docker'/'Dockerfile').read_text()
 
 
 @pytest.mark.parametrize('path', DOCKERFILES, ids=[p.name for p in DOCKERFILES])
@@ -32,3 +32,47 @@ def test_dockerfile_copies_what_exists_and_runs_the_readme_commands(path):
     assert 'make demo' in readme and 'make test' in readme
     # `make install` is the set-up both README commands share
     assert re.search(r'^install:', (ROOT/'Makefile').read_text(), re.M)
+
+
+def _makefile_targets() -> set:
+    return set(re.findall(r'^([A-Za-z][\w-]*):', (ROOT/'Makefile').read_text(), re.M))
+
+
+@pytest.mark.parametrize('path', DOCKERFILES, ids=[p.name for p in DOCKERFILES])
+def test_dockerfile_make_commands_are_makefile_targets(path):
+    targets = _makefile_targets()
+    ins = _instructions(path)
+    used = [t for op, arg in ins if op in ('RUN', 'CMD')
+            for t in re.findall(r'(?:^|&&|;|\[)\s*"?make"?,?\s+"?([A-Za-z][\w-]*)', arg)]
+    assert used, f"{path.name} runs no make target"
+    missing = [t for t in used if t not in targets]
+    assert not missing, f"{path.name} runs make targets the Makefile does not have: {missing}"
+
+
+def _base_images(path: Path) -> list:
+    ins = _instructions(path)
+    args = dict(a.split('=', 1) for op, a in ins if op == 'ARG' and '=' in a)
+    bases = []
+    for op, arg in ins:
+        if op == 'FROM':
+            img = arg.split()[0]
+            m = re.fullmatch(r'\$\{?(\w+)\}?', img)
+            bases.append(args.get(m.group(1), img) if m else img)
+    return bases
+
+
+@pytest.mark.parametrize('path', DOCKERFILES, ids=[p.name for p in DOCKERFILES])
+def test_base_images_are_pinned(path):
+    for img in _base_images(path):
+        assert '@sha256:' in img or ':' in img, f"{path.name}: base image {img!r} has no tag"
+        tag = img.split('@')[0].rsplit(':', 1)[-1]
+        assert tag != 'latest' and re.search(r'\d+\.\d+', tag), \
+            f"{path.name}: base image {img!r} is not pinned to a release (a tag with a version number)"
+
+
+def test_dockerignore_keeps_host_state_out_of_the_image():
+    ignore = (ROOT/'.dockerignore').read_text().split()
+    for entry in ('.venv', 'runs', '**/__pycache__', '*.egg-info', '.git'):
+        assert entry in ignore, f".dockerignore must exclude {entry}"
+    # the install stamp lives in .venv: copied in, it would make `make install` skip the install
+    assert '.coati_nb-installed' in (ROOT/'Makefile').read_text()
