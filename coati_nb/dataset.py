@@ -10,9 +10,10 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 import torch
+from fastcore.basics import patch
 from torch.utils.data import Dataset
 
-from .toy_task import format_prompt
+from .prompts import format_prompt
 from .utils import atomic_write, cli_errors
 
 # %% auto #0
@@ -66,6 +67,8 @@ def _json_line(raw: bytes, where: str) -> dict:
     if not isinstance(obj, dict): raise DataFileError(f"{where}: expected a JSON object, got {type(obj).__name__}")
     return obj
 
+
+# %% ../nbs/05b_dataset.ipynb #1572f57e
 def _json_list(path: Path, data: bytes, skip_bad: bool) -> tuple[list[tuple[int, dict]], list[str]]:
     "The objects of a JSON list file; a broken list is an error (naming line and column) even with skip_bad."
     try: text = data.decode('utf-8')
@@ -172,6 +175,8 @@ def _folder_files(path: Path, split: str) -> list[Path]:
         raise DataFileError(f"{path}: no data file for split {split!r} (splits found: {sorted({s for s in named.values() if s})})")
     return picked
 
+
+# %% ../nbs/05b_dataset.ipynb #bb9c4478
 _READERS = {'json': _json_rows, 'csv': _csv_rows, 'parquet': _parquet_rows}
 
 def _load(data_path, split='train', cache_dir=None, skip_bad=False, hub=False, limit=None) -> tuple[list[tuple[str, int, dict]], list[str]]:
@@ -284,6 +289,35 @@ class _Reporting(Dataset):
         if notes: warnings.warn(f"{name}({self.source}): {n_samples} samples; " + '; '.join(notes), stacklevel=stacklevel)
         if n_samples == 0: raise ValueError(f"{name}({self.source}): no usable sample")
 
+# %% ../nbs/05b_dataset.ipynb #92b3650b
+def _check_tokenizer(tokenizer, need_eos: bool = True):
+    if need_eos and tokenizer.eos_token_id is None: raise ValueError("the tokenizer has no eos_token; set one")
+    if tokenizer.pad_token_id is None:
+        raise ValueError("the tokenizer has no pad_token; set one (a token different from EOS is best)")
+
+@patch
+def _start(self: _Reporting, data, tokenizer, skip_bad: bool, max_length: int|None, need_eos: bool = True) -> list:
+    "Check the tokenizer, read the rows and start the counts: [(file, row index, row)]."
+    _check_tokenizer(tokenizer, need_eos)
+    source, rows, unread = _rows_of(data, skip_bad)
+    self._begin(source, skip_bad, max_length, unread)
+    return rows
+
+def _located(rows: list[tuple[str, int, Any]]) -> list[tuple[str, Any]]:
+    "[(where, row)]: each row with the place an error about it names."
+    return [(_where(source, i), row) for source, i, row in rows]
+
+@patch
+def _parse_all(self: _Reporting, items: Iterable[tuple[str, Any]], parse) -> list:
+    "`parse(row, where)` of every (where, row) whose row is a dict; a `_BadRow` is raised, or counted and skipped."
+    out = []
+    for where, row in items:
+        try:
+            if isinstance(row, _BadRow): raise row
+            out.append(parse(_as_mapping(row, where), where))
+        except _BadRow as e: self._bad(e)
+    return out
+
 # %% ../nbs/05b_dataset.ipynb #18ddce28
 IGNORE_INDEX = -100   # the label that torch's cross_entropy skips
 
@@ -320,11 +354,6 @@ def strip_end_marker(text: str,               # a completion, maybe ending with 
     return text
 
 # %% ../nbs/05b_dataset.ipynb #d4c00af5
-def _check_tokenizer(tokenizer, need_eos: bool = True):
-    if need_eos and tokenizer.eos_token_id is None: raise ValueError("the tokenizer has no eos_token; set one")
-    if tokenizer.pad_token_id is None:
-        raise ValueError("the tokenizer has no pad_token; set one (a token different from EOS is best)")
-
 def _tokenize(tokenizer, texts: list[str], add_special_tokens: bool) -> list[list[int]]:
     return tokenizer(texts, add_special_tokens=add_special_tokens)['input_ids'] if texts else []
 
@@ -345,6 +374,8 @@ def _encode_whole(tokenizer, texts: list[str], max_length: int, padding: str) ->
     enc = tokenizer(texts, max_length=max_length, padding=padding, truncation=True)
     return enc['input_ids'], enc['attention_mask'], [len(x) for x in tokenizer(texts)['input_ids']]
 
+
+# %% ../nbs/05b_dataset.ipynb #5cf82926
 class _SupervisedBase(_Reporting):
     "Prompt/response pairs -> supervised samples, with reporting; subclasses parse rows."
     def _build(self, tokenizer, pairs: list[tuple[str, str, str]]):
@@ -359,23 +390,26 @@ class _SupervisedBase(_Reporting):
             self.samples.append(s)
         self._end(len(self.samples), stacklevel=4)
 
-    def _build_faithful(self, tokenizer, items: list[tuple[str, str, str]], mask_prompt: bool):
-        "ColossalChat's tokenization of (where, prompt, whole text) items; `mask_prompt`: SupervisedDataset, else SFTDataset."
-        L, pad = self.max_length, tokenizer.pad_token_id
-        ids, masks, full = _encode_whole(tokenizer, [t for *_, t in items], L, 'longest' if mask_prompt else 'max_length')
-        srcs = tokenizer([p for _, p, _ in items], max_length=L, truncation=True)['input_ids'] if items else []
-        self.samples = []
-        for (where, _, _), x, m, n, src in zip(items, ids, masks, full, srcs):
-            n_src = sum(t != pad for t in src)                    # ColossalChat's source length: non-pad prompt tokens
-            if sum(m) <= n_src: self._too_long(where, f"the prompt ({n_src} tokens) leaves no room for the response"); continue
-            self.truncated += n > L
-            labels = [IGNORE_INDEX if j < n_src else t for j, t in enumerate(x)] if mask_prompt else list(x)
-            self.samples.append({k: torch.tensor(v, dtype=torch.long) for k, v in
-                                 (('input_ids', x), ('labels', labels), ('attention_mask', m))})
-        self._end(len(self.samples), stacklevel=4)
-
     def __len__(self): return len(self.samples)
     def __getitem__(self, i) -> dict: return self.samples[i]
+
+# %% ../nbs/05b_dataset.ipynb #dd22805a
+@patch
+def _build_faithful(self: _SupervisedBase, tokenizer, items: list[tuple[str, str, str]], mask_prompt: bool):
+    "ColossalChat's tokenization of (where, prompt, whole text) items; `mask_prompt`: SupervisedDataset, else SFTDataset."
+    L, pad = self.max_length, tokenizer.pad_token_id
+    ids, masks, full = _encode_whole(tokenizer, [t for *_, t in items], L, 'longest' if mask_prompt else 'max_length')
+    srcs = tokenizer([p for _, p, _ in items], max_length=L, truncation=True)['input_ids'] if items else []
+    self.samples = []
+    for (where, _, _), x, m, n, src in zip(items, ids, masks, full, srcs):
+        n_src = sum(t != pad for t in src)                    # ColossalChat's source length: non-pad prompt tokens
+        if sum(m) <= n_src: self._too_long(where, f"the prompt ({n_src} tokens) leaves no room for the response"); continue
+        self.truncated += n > L
+        labels = [IGNORE_INDEX if j < n_src else t for j, t in enumerate(x)] if mask_prompt else list(x)
+        self.samples.append({k: torch.tensor(v, dtype=torch.long) for k, v in
+                             (('input_ids', x), ('labels', labels), ('attention_mask', m))})
+    self._end(len(self.samples), stacklevel=4)
+
 
 # %% ../nbs/05b_dataset.ipynb #0434dbec
 class SFTDataset(_SupervisedBase):
@@ -387,22 +421,17 @@ class SFTDataset(_SupervisedBase):
                  skip_bad: bool = False,  # skip bad rows / over-long samples instead of raising
                  faithful: bool = False,  # ColossalChat: tokenize prompt+completion+eos text whole, pad to max_length, labels = input_ids
                 ):
-        _check_tokenizer(tokenizer)
-        source, rows, unread = _rows_of(dataset, skip_bad)
-        self._begin(source, skip_bad, max_length, unread)
-        pairs = []
-        for src, i, row in rows:
-            where = _where(src, i)
-            try:
-                row = _as_mapping(row, where)
-                prompt = _text(row, 'prompt', where)
-                raw = _text(row, 'completion', where)
-                completion = strip_end_marker(raw, (tokenizer.eos_token,))
-                if not completion.strip(): raise _BadRow(f"{where}: field 'completion' is empty after removing its end marker")
-                pairs.append((where, prompt, prompt + raw + tokenizer.eos_token if faithful else completion))
-            except _BadRow as e: self._bad(e)
+        rows = self._start(dataset, tokenizer, skip_bad, max_length)
+        def parse(row, where):
+            prompt = _text(row, 'prompt', where)
+            raw = _text(row, 'completion', where)
+            completion = strip_end_marker(raw, (tokenizer.eos_token,))
+            if not completion.strip(): raise _BadRow(f"{where}: field 'completion' is empty after removing its end marker")
+            return where, prompt, prompt + raw + tokenizer.eos_token if faithful else completion
+        pairs = self._parse_all(_located(rows), parse)
         if faithful: self._build_faithful(tokenizer, pairs, mask_prompt=False)   # the literal end marker stays text
         else: self._build(tokenizer, pairs)
+
 
 # %% ../nbs/05b_dataset.ipynb #5fc086a9
 def _instruction_rows(rows: list[tuple[str, int, Any]]):
@@ -438,22 +467,16 @@ class SupervisedDataset(_SupervisedBase):
                  skip_bad: bool = False,  # skip bad rows / over-long samples instead of raising
                  faithful: bool = False,  # ColossalChat: whole-text tokens padded to the longest row, labels -100 on the prompt's count
                 ):
-        _check_tokenizer(tokenizer)
-        source, rows, unread = _rows_of(data_path, skip_bad)
-        self._begin(source, skip_bad, max_length, unread)
-        items = list(_instruction_rows(rows))[:max_datasets_size]
-        pairs = []
-        for where, row in items:
-            try:
-                if isinstance(row, _BadRow): raise row
-                row = _as_mapping(row, where)
-                instruction, output = _text(row, 'instruction', where), _text(row, 'output', where)
-                inp = _text(row, 'input', where, required=False, allow_empty=True) or ''
-                prompt = format_prompt(instruction, inp)
-                pairs.append((where, prompt, prompt + output + tokenizer.eos_token if faithful else output))
-            except _BadRow as e: self._bad(e)
+        rows = self._start(data_path, tokenizer, skip_bad, max_length)
+        def parse(row, where):
+            instruction, output = _text(row, 'instruction', where), _text(row, 'output', where)
+            inp = _text(row, 'input', where, required=False, allow_empty=True) or ''
+            prompt = format_prompt(instruction, inp)
+            return where, prompt, prompt + output + tokenizer.eos_token if faithful else output
+        pairs = self._parse_all(list(_instruction_rows(rows))[:max_datasets_size], parse)
         if faithful: self._build_faithful(tokenizer, pairs, mask_prompt=True)
         else: self._build(tokenizer, pairs)
+
 
 # %% ../nbs/05b_dataset.ipynb #41a29ec0
 def pad_sequences(seqs: list[torch.Tensor],   # 1-D tensors of different lengths
@@ -502,50 +525,7 @@ def make_pair_sequences(prompt_ids: list[int],   # tokens of the prompt (a BOS a
 
 # %% ../nbs/05b_dataset.ipynb #367ca052
 class _PairBase(_Reporting):
-    "Preference pairs -> chosen_ids / c_mask / reject_ids / r_mask samples, with reporting."
-    def _build(self, tokenizer, pairs: list[tuple[str, str, str, str]], special_token: str|None, faithful: bool):
-        if faithful: return self._build_faithful(tokenizer, pairs, tokenizer.eos_token if special_token is None else special_token)
-        end = [tokenizer.eos_token_id] if special_token is None else tokenizer(special_token, add_special_tokens=False)['input_ids']
-        if not end: raise ValueError(f"special_token {special_token!r} tokenizes to nothing")
-        p_ids = _tokenize(tokenizer, [p for _, p, _, _ in pairs], True)
-        c_ids = _tokenize(tokenizer, [c for _, _, c, _ in pairs], False)
-        r_ids = _tokenize(tokenizer, [r for _, _, _, r in pairs], False)
-        self.samples, L = [], self.max_length
-        for (where, *_), p, c, r in zip(pairs, p_ids, c_ids, r_ids):
-            bos, body = _split_bos(p, tokenizer)                               # the left cut keeps a BOS
-            out = make_pair_sequences(body, c, r, end, L - len(bos))
-            if out is None:
-                self._too_long(where, f"the longer response ({max(len(c), len(r))} tokens + {len(end)} end) leaves no room for the prompt")
-                continue
-            self.truncated += len(p) + max(len(c), len(r)) + len(end) > L
-            self._add(*(torch.tensor(bos + s, dtype=torch.long) for s in out))
-        self._end(len(self.samples), stacklevel=4)
-
-    def _build_faithful(self, tokenizer, pairs: list[tuple[str, str, str, str]], end_text: str):
-        "ColossalChat: `prompt + response + end text` tokenized whole, cut on the right and padded to max_length."
-        L = self.max_length
-        (ci, cm, cn), (ri, rm, rn) = (_encode_whole(tokenizer, [p + x + end_text for _, p, x in side], L, 'max_length')
-                                      for side in ([(w, p, c) for w, p, c, _ in pairs], [(w, p, r) for w, p, _, r in pairs]))
-        n_p = [len(x) for x in tokenizer([p for _, p, _, _ in pairs], max_length=L, truncation=True)['input_ids']] if pairs else []
-        self.samples = []
-        for k, (where, *_) in enumerate(pairs):
-            if min(sum(cm[k]), sum(rm[k])) <= n_p[k]:
-                self._too_long(where, f"the prompt ({n_p[k]} tokens) leaves no room for the response"); continue
-            if ci[k] == ri[k]: self._too_long(where, "chosen and rejected are identical after truncation"); continue
-            self.truncated += max(cn[k], rn[k]) > L
-            self._add(*(torch.tensor(v, dtype=torch.long) for v in (ci[k], ri[k], cm[k], rm[k])))
-        self._end(len(self.samples), stacklevel=4)
-
-    def _add(self, chosen, reject, c_mask=None, r_mask=None):
-        self.samples.append({'chosen_ids': chosen, 'c_mask': torch.ones_like(chosen) if c_mask is None else c_mask,
-                             'reject_ids': reject, 'r_mask': torch.ones_like(reject) if r_mask is None else r_mask})
-
-    def __len__(self): return len(self.samples)
-    def __getitem__(self, i) -> dict: return self.samples[i]
-
-# %% ../nbs/05b_dataset.ipynb #52dcad0f
-class RmStaticDataset(_PairBase):
-    "Reward-model pairs of {'prompt', 'chosen', 'rejected'} rows (Dahoas/rm-static, parquet or JSON lines)."
+    "Preference pairs -> chosen_ids / c_mask / reject_ids / r_mask samples, with reporting; subclasses split a row."
     def __init__(self,
                  dataset,                 # rows (list / datasets.Dataset) or a path (parquet, JSON lines, ...)
                  tokenizer,               # a transformers tokenizer with eos and pad tokens
@@ -554,19 +534,73 @@ class RmStaticDataset(_PairBase):
                  skip_bad: bool = False,  # skip bad rows / unusable pairs instead of raising
                  faithful_truncation: bool = False, # ColossalChat: tokenize each text whole, cut on the right, pad to max_length
                 ):
-        _check_tokenizer(tokenizer)
-        source, rows, unread = _rows_of(dataset, skip_bad)
-        self._begin(source, skip_bad, max_length, unread)
-        pairs = []
-        for src, i, row in rows:
-            where = _where(src, i)
-            try:
-                row = _as_mapping(row, where)
-                prompt, chosen, rejected = (_text(row, k, where) for k in ('prompt', 'chosen', 'rejected'))
-                if chosen == rejected: raise _BadRow(f"{where}: fields 'chosen' and 'rejected' are identical")
-                pairs.append((where, prompt, chosen, rejected))
-            except _BadRow as e: self._bad(e)
-        self._build(tokenizer, pairs, special_token, faithful_truncation)
+        rows = self._start(dataset, tokenizer, skip_bad, max_length)
+        self._build(tokenizer, self._parse_all(_located(rows), self._pair), special_token, faithful_truncation)
+
+    def _split(self, row: Mapping, where: str) -> tuple[str, str, str]:
+        "(prompt, chosen, rejected) of one row; `_BadRow` when it has none."
+        raise NotImplementedError
+
+    def _pair(self, row: Mapping, where: str) -> tuple[str, str, str, str]:
+        "(where, prompt, chosen, rejected): the one pair builder every preference dataset uses."
+        prompt, chosen, rejected = self._split(row, where)
+        if chosen == rejected: raise _BadRow(f"{where}: fields 'chosen' and 'rejected' are identical")
+        return where, prompt, chosen, rejected
+
+    def _add(self, chosen, reject, c_mask=None, r_mask=None):
+        self.samples.append({'chosen_ids': chosen, 'c_mask': torch.ones_like(chosen) if c_mask is None else c_mask,
+                             'reject_ids': reject, 'r_mask': torch.ones_like(reject) if r_mask is None else r_mask})
+
+    def __len__(self): return len(self.samples)
+    def __getitem__(self, i) -> dict: return self.samples[i]
+
+# %% ../nbs/05b_dataset.ipynb #16a02342
+@patch
+def _build(self: _PairBase, tokenizer, pairs: list[tuple[str, str, str, str]], special_token: str|None, faithful: bool):
+    if faithful: return self._build_faithful(tokenizer, pairs, tokenizer.eos_token if special_token is None else special_token)
+    end = [tokenizer.eos_token_id] if special_token is None else tokenizer(special_token, add_special_tokens=False)['input_ids']
+    if not end: raise ValueError(f"special_token {special_token!r} tokenizes to nothing")
+    p_ids = _tokenize(tokenizer, [p for _, p, _, _ in pairs], True)
+    c_ids = _tokenize(tokenizer, [c for _, _, c, _ in pairs], False)
+    r_ids = _tokenize(tokenizer, [r for _, _, _, r in pairs], False)
+    self.samples, L = [], self.max_length
+    for (where, *_), p, c, r in zip(pairs, p_ids, c_ids, r_ids):
+        bos, body = _split_bos(p, tokenizer)                               # the left cut keeps a BOS
+        out = make_pair_sequences(body, c, r, end, L - len(bos))
+        if out is None:
+            self._too_long(where, f"the longer response ({max(len(c), len(r))} tokens + {len(end)} end) leaves no room for the prompt")
+            continue
+        self.truncated += len(p) + max(len(c), len(r)) + len(end) > L
+        self._add(*(torch.tensor(bos + s, dtype=torch.long) for s in out))
+    self._end(len(self.samples), stacklevel=4)
+
+
+# %% ../nbs/05b_dataset.ipynb #9a8e82b2
+@patch
+def _build_faithful(self: _PairBase, tokenizer, pairs: list[tuple[str, str, str, str]], end_text: str):
+    "ColossalChat: `prompt + response + end text` tokenized whole, cut on the right and padded to max_length."
+    L = self.max_length
+    (ci, cm, cn), (ri, rm, rn) = (_encode_whole(tokenizer, [p + x + end_text for _, p, x in side], L, 'max_length')
+                                  for side in ([(w, p, c) for w, p, c, _ in pairs], [(w, p, r) for w, p, _, r in pairs]))
+    n_p = [len(x) for x in tokenizer([p for _, p, _, _ in pairs], max_length=L, truncation=True)['input_ids']] if pairs else []
+    self.samples = []
+    for k, (where, *_) in enumerate(pairs):
+        if min(sum(cm[k]), sum(rm[k])) <= n_p[k]:
+            self._too_long(where, f"the prompt ({n_p[k]} tokens) leaves no room for the response"); continue
+        if ci[k] == ri[k]: self._too_long(where, "chosen and rejected are identical after truncation"); continue
+        self.truncated += max(cn[k], rn[k]) > L
+        self._add(*(torch.tensor(v, dtype=torch.long) for v in (ci[k], ri[k], cm[k], rm[k])))
+    self._end(len(self.samples), stacklevel=4)
+
+
+# %% ../nbs/05b_dataset.ipynb #52dcad0f
+class RmStaticDataset(_PairBase):
+    "Reward-model pairs of {'prompt', 'chosen', 'rejected'} rows (Dahoas/rm-static, parquet or JSON lines)."
+    def _split(self, row: Mapping, where: str) -> tuple[str, str, str]:
+        "The three fields as they are."
+        prompt, chosen, rejected = (_text(row, k, where) for k in ('prompt', 'chosen', 'rejected'))
+        return prompt, chosen, rejected
+
 
 # %% ../nbs/05b_dataset.ipynb #87215bd2
 ASSISTANT_TAG = '\n\nAssistant:'   # hh-rlhf's marker before each assistant turn
@@ -590,29 +624,12 @@ def split_hh_pair(chosen: str,     # the chosen full dialogue
 # %% ../nbs/05b_dataset.ipynb #be7c9ccd
 class HhRlhfDataset(_PairBase):
     "Reward-model pairs of Anthropic hh-rlhf {'chosen', 'rejected'} dialogues: a shared prompt, then each side's own turns."
-    def __init__(self,
-                 dataset,                 # rows (list / datasets.Dataset) or a path (e.g. test.jsonl.gz)
-                 tokenizer,               # a transformers tokenizer with eos and pad tokens
-                 max_length: int,         # longest sequence in tokens
-                 special_token: str|None = None, # end marker text; None: the tokenizer's EOS
-                 skip_bad: bool = False,  # skip bad rows / unusable pairs instead of raising
-                 faithful_truncation: bool = False, # ColossalChat: tokenize each text whole, cut on the right, pad to max_length
-                ):
-        _check_tokenizer(tokenizer)
-        source, rows, unread = _rows_of(dataset, skip_bad)
-        self._begin(source, skip_bad, max_length, unread)
-        pairs = []
-        for src, i, row in rows:
-            where = _where(src, i)
-            try:
-                row = _as_mapping(row, where)
-                chosen, rejected = (self._dialogue(row, k, where) for k in ('chosen', 'rejected'))
-                if chosen == rejected: raise _BadRow(f"{where}: fields 'chosen' and 'rejected' are identical")
-                prompt, c, r = split_hh_pair(chosen, rejected)
-                if not prompt: raise _BadRow(f"{where}: 'chosen' and 'rejected' differ before the first {ASSISTANT_TAG!r}: no shared prompt")
-                pairs.append((where, prompt, c, r))
-            except _BadRow as e: self._bad(e)
-        self._build(tokenizer, pairs, special_token, faithful_truncation)
+    def _split(self, row: Mapping, where: str) -> tuple[str, str, str]:
+        "The shared prompt and each side's own turns (identical dialogues give identical sides, reported by `_pair`)."
+        chosen, rejected = (self._dialogue(row, k, where) for k in ('chosen', 'rejected'))
+        prompt, c, r = split_hh_pair(chosen, rejected)
+        if not prompt: raise _BadRow(f"{where}: 'chosen' and 'rejected' differ before the first {ASSISTANT_TAG!r}: no shared prompt")
+        return prompt, c, r
 
     @staticmethod
     def _dialogue(row: Mapping, key: str, where: str) -> str:
@@ -621,6 +638,7 @@ class HhRlhfDataset(_PairBase):
         if ASSISTANT_TAG not in text: raise _BadRow(f"{where}: field '{key}' has no {ASSISTANT_TAG!r}")
         if not split_hh_dialogue(text)[1].strip(): raise _BadRow(f"{where}: field '{key}' has an empty last assistant response")
         return text
+
 
 # %% ../nbs/05b_dataset.ipynb #37e3c529
 @dataclass
@@ -650,6 +668,8 @@ def _prompt_text(row: Mapping, where: str, use_template: bool) -> str:
     if 'prompt' in f: return f['prompt']
     return format_prompt(f['instruction'], f.get('input', '')) if use_template else f['instruction']
 
+
+# %% ../nbs/05b_dataset.ipynb #f6bea012
 class PromptDataset(_Reporting):
     "Prompts for PPO rollouts from a JSON list, JSON lines or CSV with 'instruction' (or 'prompt') rows."
     def __init__(self,
@@ -661,16 +681,9 @@ class PromptDataset(_Reporting):
                  use_template: bool = True, # wrap 'instruction' in the SFT template; False: ColossalChat's bare text
                  faithful: bool = False,  # ColossalChat: bare text cut on the right and padded to max_length by the tokenizer
                 ):
-        _check_tokenizer(tokenizer, need_eos=False)
-        source, rows, unread = _rows_of(data_path, skip_bad)
-        self._begin(source, skip_bad, max_length, unread)
-        items = list(_instruction_rows(rows))[:max_datasets_size]
-        texts = []
-        for where, row in items:
-            try:
-                if isinstance(row, _BadRow): raise row
-                texts.append(_prompt_text(_as_mapping(row, where), where, use_template and not faithful))
-            except _BadRow as e: self._bad(e)
+        rows = self._start(data_path, tokenizer, skip_bad, max_length, need_eos=False)
+        texts = self._parse_all(list(_instruction_rows(rows))[:max_datasets_size],
+                                lambda row, where: _prompt_text(row, where, use_template and not faithful))
         self.masks = None
         if faithful:
             ids, masks, full = _encode_whole(tokenizer, texts, max_length, 'max_length')
