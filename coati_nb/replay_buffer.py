@@ -95,6 +95,8 @@ def _check_items(items: list[BufferItem]):
     bad = [i for i, k in enumerate(keys) if k != keys[0]]
     if bad: raise ValueError(f"items {bad} have info keys different from item 0's {keys[0]}")
 
+
+# %% ../nbs/07_replay_buffer.ipynb #5fcc0e1e
 def make_experience_batch(items: list[BufferItem], # samples of any lengths
                           pad_token_id: int = 0,   # id written into the padding of `sequences`
                          ) -> Experience:
@@ -164,9 +166,9 @@ class NaiveReplayBuffer(ReplayBuffer):
         self.items.extend(items)
         if self.limit > 0 and len(self.items) > self.limit: self.items = self.items[-self.limit:]   # the newest
 
-    def clear(self) -> None:
-        "Remove every item."
-        self.items.clear()
+    def clear(self) -> None: self.items.clear()
+    def __len__(self) -> int: return len(self.items)
+    def __getitem__(self, idx: int) -> BufferItem: return self.items[idx]
 
     @torch.no_grad()
     def sample(self) -> Experience:
@@ -177,12 +179,9 @@ class NaiveReplayBuffer(ReplayBuffer):
         if self.cpu_offload: experience.to_device(self.target_device)
         return experience
 
-    def __len__(self) -> int: return len(self.items)
-
-    def __getitem__(self, idx: int) -> BufferItem: return self.items[idx]
-
     def collate_fn(self, batch: list[BufferItem]) -> Experience:
         "Batch items for a `DataLoader` (pinned when offloading, so the copy to the GPU can be asynchronous)."
         experience = make_experience_batch(batch, self.pad_token_id)
         if self.cpu_offload: experience.pin_memory()
         return experience
+
