@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def start_server(a) -> tuple[subprocess.Popen, str]:
     "Start serve_cli on a free loopback port; return the process and its URL."
-    cmd = [sys.executable, '-c', 'from coati_nb.inference import serve_cli; serve_cli()', *([a.model] if a.model else []),
+    cmd = [sys.executable, '-c', 'from coati_nb.serve import serve_cli; serve_cli()', *([a.model] if a.model else []),
            '--port', '0', '--max_new_tokens', str(a.max_tokens), '--max_running', str(a.max_running),
            '--max_waiting', str(a.max_waiting), '--timeout', str(a.timeout)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=ROOT,

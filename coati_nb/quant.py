@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from fastcore.basics import patch
 from safetensors.torch import load_model, save_model
 
 from .utils import atomic_write
@@ -20,8 +21,8 @@ __all__ = ['QUANT_BITS', 'QUANT_CONFIG_NAME', 'QUANT_WEIGHTS_NAME', 'QUANT_METHO
            'MEMORY_STRATEGIES', 'quant_params', 'quantize', 'dequantize', 'rtn_quantize', 'dequantize_weight',
            'pack_int', 'unpack_int', 'HessianAccumulator', 'collect_hessians', 'gptq_quantize', 'QuantLinear',
            'QuantConfig', 'find_linear_layers', 'quantize_model', 'save_quantized', 'read_quant_config', 'load_quant',
-           'load_quantized', 'state_bytes', 'linear_bytes', 'bnb_config', 'load_bnb_model', 'load_quantized_model',
-           'weight_bytes', 'ModelSpec', 'model_memory', 'ppo_memory']
+           'load_quantized', 'state_bytes', 'linear_bytes', 'bnb_available', 'bnb_config', 'load_bnb_model',
+           'load_quantized_model', 'weight_bytes', 'ModelSpec', 'model_memory', 'ppo_memory']
 
 # %% ../nbs/12_quant.ipynb #44d63e5a
 QUANT_BITS = (2, 4, 8)   # widths that pack evenly into a byte
@@ -38,6 +39,8 @@ def _check_group_size(group_size, in_features: int, where: str = 'quantize'):
     if group_size != -1 and in_features % group_size:
         raise ValueError(f"{where}: group_size={group_size} does not divide in_features={in_features}")
 
+
+# %% ../nbs/12_quant.ipynb #d0cd74b0
 def quant_params(w: torch.Tensor, # (..., k) values; each row of k values gets one (scale, zero)
                  bits: int = 4,   # b: the grid is 0 .. 2^b - 1
                  sym: bool = False, # symmetric about 0 (zero = 2^(b-1)) instead of min–max
@@ -158,6 +161,27 @@ def collect_hessians(model: nn.Module,  # the model to run
         if a.nsamples == 0: raise ValueError(f"layer {name!r} saw no calibration inputs: is it used by model.forward?")
     return acc
 
+# %% ../nbs/12_quant.ipynb #239c6403
+def _gptq_prepare(weight: torch.Tensor, # (out, in) float weight W
+                  H: torch.Tensor,      # (in, in) Hessian 2XXᵀ/N
+                  percdamp: float,      # λ: H += λ·mean(diag H)·I
+                  act_order: bool,      # order the columns by decreasing diag(H)
+                  where: str,           # name used in error messages
+                 ) -> tuple: # W (out, in) permuted copy, U (in, in) upper Cholesky factor of H⁻¹, perm (in,)
+    "Zero the dead inputs, permute for act-order, damp H and factor H⁻¹ = UᵀU (steps before Algorithm 1's loop)."
+    in_f = weight.shape[1]
+    W, H = weight.detach().float().clone(), H.detach().float().clone()
+    dead = torch.diag(H) == 0                                          # inputs that were never active
+    H[dead, dead] = 1.; W[:, dead] = 0.
+    perm = torch.argsort(torch.diag(H), descending=True) if act_order else torch.arange(in_f)
+    W, H = W[:, perm], H[perm][:, perm]
+    H += percdamp * torch.diag(H).mean() * torch.eye(in_f)              # damping
+    try: U = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True)  # H⁻¹ = UᵀU
+    except torch.linalg.LinAlgError:
+        raise ValueError(f"{where}: the damped Hessian is not positive definite; raise percdamp (now {percdamp})") from None
+    return W, U, perm
+
+
 # %% ../nbs/12_quant.ipynb #760ce18a
 @torch.no_grad()
 def gptq_quantize(weight: torch.Tensor, # (out, in) float weight W
@@ -177,15 +201,7 @@ def gptq_quantize(weight: torch.Tensor, # (out, in) float weight W
     _check_group_size(group_size, in_f, where)
     if tuple(H.shape) != (in_f, in_f): raise ValueError(f"{where}: H has shape {tuple(H.shape)}, expected ({in_f}, {in_f})")
     if not percdamp > 0: raise ValueError(f"{where}: percdamp must be > 0, got {percdamp!r}")
-    W, H = weight.detach().float().clone(), H.detach().float().clone()
-    dead = torch.diag(H) == 0                                          # inputs that were never active
-    H[dead, dead] = 1.; W[:, dead] = 0.
-    perm = torch.argsort(torch.diag(H), descending=True) if act_order else torch.arange(in_f)
-    W, H = W[:, perm], H[perm][:, perm]
-    H += percdamp * torch.diag(H).mean() * torch.eye(in_f)              # damping
-    try: U = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True)  # H⁻¹ = UᵀU
-    except torch.linalg.LinAlgError:
-        raise ValueError(f"{where}: the damped Hessian is not positive definite; raise percdamp (now {percdamp})") from None
+    W, U, perm = _gptq_prepare(weight, H, percdamp, act_order, where)
     g = in_f if group_size == -1 else group_size
     B = blocksize if (blocksize % g == 0 or g % blocksize == 0) else g  # align blocks with groups
     Q = torch.zeros_like(W)
@@ -234,45 +250,57 @@ class QuantLinear(nn.Module):
         self.register_buffer('g_idx', _group_index(in_features, group_size).to(torch.int32) if act_order else None)
         self.register_buffer('bias', torch.zeros(out_features, dtype=dtype) if bias else None)
 
-    @torch.no_grad()
-    def pack(self, q: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, g_idx: torch.Tensor|None = None) -> QuantLinear:
-        "Store q (out, in), scale and zero (out, G) and, with act-order, g_idx (in,) — packed."
-        G = self.scales.shape[1]
-        if tuple(q.shape) != (self.out_features, self.in_features) or tuple(scale.shape) != (self.out_features, G):
-            raise ValueError(f"QuantLinear.pack: q {tuple(q.shape)} / scale {tuple(scale.shape)} do not match "
-                             f"({self.out_features}, {self.in_features}) / ({self.out_features}, {G})")
-        if (g_idx is None) != (self.g_idx is None):
-            raise ValueError("QuantLinear.pack: give g_idx exactly when the layer was built with act_order=True")
-        self.qweight.copy_(pack_int(q, self.bits))
-        self.qzeros.copy_(pack_int(zero.round().to(torch.int32), self.bits))
-        self.scales.copy_(scale)
-        if g_idx is not None: self.g_idx.copy_(g_idx)
-        return self
 
-    @classmethod
-    def from_linear(cls, linear: nn.Linear, # the layer to replace (for its shape, bias and dtype)
-                    q, scale, zero, g_idx=None, # output of rtn_quantize / gptq_quantize
-                    bits: int = 4, group_size: int = -1, dtype: torch.dtype = torch.float16, name: str = 'QuantLinear'):
-        "A QuantLinear holding the quantized weight of `linear` and its bias."
-        ql = cls(linear.in_features, linear.out_features, bits, group_size, linear.bias is not None,
-                 act_order=g_idx is not None, dtype=dtype, name=name).to(linear.weight.device)
-        ql.pack(q, scale, zero, g_idx)
-        if linear.bias is not None: ql.bias.copy_(linear.bias.detach())
-        return ql
+# %% ../nbs/12_quant.ipynb #238c54ba
+@patch
+@torch.no_grad()
+def pack(self: QuantLinear, q: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, g_idx: torch.Tensor|None = None) -> QuantLinear:
+    "Store q (out, in), scale and zero (out, G) and, with act-order, g_idx (in,) — packed."
+    G = self.scales.shape[1]
+    if tuple(q.shape) != (self.out_features, self.in_features) or tuple(scale.shape) != (self.out_features, G):
+        raise ValueError(f"QuantLinear.pack: q {tuple(q.shape)} / scale {tuple(scale.shape)} do not match "
+                         f"({self.out_features}, {self.in_features}) / ({self.out_features}, {G})")
+    if (g_idx is None) != (self.g_idx is None):
+        raise ValueError("QuantLinear.pack: give g_idx exactly when the layer was built with act_order=True")
+    self.qweight.copy_(pack_int(q, self.bits))
+    self.qzeros.copy_(pack_int(zero.round().to(torch.int32), self.bits))
+    self.scales.copy_(scale)
+    if g_idx is not None: self.g_idx.copy_(g_idx)
+    return self
 
-    def dequantize_weight(self, dtype: torch.dtype = torch.float32) -> torch.Tensor: # (out, in)
-        "The float weight s·(q − z) rebuilt from the packed buffers."
-        q = unpack_int(self.qweight, self.bits, self.in_features)
-        zero = unpack_int(self.qzeros, self.bits, self.scales.shape[1]).float()
-        return dequantize_weight(q, self.scales.float(), zero, self.g_idx).to(dtype)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:                 # (..., in) -> (..., out)
-        bias = None if self.bias is None else self.bias.to(x.dtype)
-        return F.linear(x, self.dequantize_weight(x.dtype), bias)
+# %% ../nbs/12_quant.ipynb #b02d944d
+@patch(cls_method=True)
+def from_linear(cls: QuantLinear, linear: nn.Linear, # the layer to replace (for its shape, bias and dtype)
+                q, scale, zero, g_idx=None, # output of rtn_quantize / gptq_quantize
+                bits: int = 4, group_size: int = -1, dtype: torch.dtype = torch.float16, name: str = 'QuantLinear'):
+    "A QuantLinear holding the quantized weight of `linear` and its bias."
+    ql = cls(linear.in_features, linear.out_features, bits, group_size, linear.bias is not None,
+             act_order=g_idx is not None, dtype=dtype, name=name).to(linear.weight.device)
+    ql.pack(q, scale, zero, g_idx)
+    if linear.bias is not None: ql.bias.copy_(linear.bias.detach())
+    return ql
 
-    def extra_repr(self) -> str:
-        return (f"in_features={self.in_features}, out_features={self.out_features}, bits={self.bits}, "
-                f"group_size={self.group_size}, act_order={self.g_idx is not None}")
+
+# %% ../nbs/12_quant.ipynb #2eb78384
+@patch
+def dequantize_weight(self: QuantLinear, dtype: torch.dtype = torch.float32) -> torch.Tensor: # (out, in)
+    "The float weight s·(q − z) rebuilt from the packed buffers."
+    q = unpack_int(self.qweight, self.bits, self.in_features)
+    zero = unpack_int(self.qzeros, self.bits, self.scales.shape[1]).float()
+    return dequantize_weight(q, self.scales.float(), zero, self.g_idx).to(dtype)
+
+
+@patch
+def forward(self: QuantLinear, x: torch.Tensor) -> torch.Tensor:                 # (..., in) -> (..., out)
+    bias = None if self.bias is None else self.bias.to(x.dtype)
+    return F.linear(x, self.dequantize_weight(x.dtype), bias)
+
+@patch
+def extra_repr(self: QuantLinear) -> str:
+    return (f"in_features={self.in_features}, out_features={self.out_features}, bits={self.bits}, "
+            f"group_size={self.group_size}, act_order={self.g_idx is not None}")
+
 
 # %% ../nbs/12_quant.ipynb #efe04c9a
 QUANT_CONFIG_NAME, QUANT_WEIGHTS_NAME = 'quantize_config.json', 'model.safetensors'
@@ -431,6 +459,12 @@ def linear_bytes(model: nn.Module, # a float, QuantLinear or bitsandbytes model
 # %% ../nbs/12_quant.ipynb #6c57a4cb
 BNB_QUANT = ('8bit', 'nf4', 'fp4')
 
+def bnb_available() -> bool:
+    "Is bitsandbytes importable (8-bit / NF4 / FP4 loading)?"
+    try: import bitsandbytes  # noqa: F401
+    except Exception: return False
+    return True
+
 def _require_bitsandbytes():
     try: import bitsandbytes
     except ImportError:
@@ -443,6 +477,8 @@ def _dtype_kwarg(dtype: torch.dtype) -> dict:
     major, minor = (int(v) for v in transformers.__version__.split('.')[:2])
     return {'dtype': dtype} if (major, minor) >= (4, 56) else {'torch_dtype': dtype}
 
+
+# %% ../nbs/12_quant.ipynb #18fd8a7b
 def bnb_config(quant: str = '8bit',   # '8bit' (LLM.int8()), 'nf4' or 'fp4'
                compute_dtype: torch.dtype = torch.float32, # dtype of the 4-bit matmuls
                skip=('lm_head',),      # modules left unquantized
@@ -473,18 +509,24 @@ def load_quantized_model(pretrained: str|Path,   # local model folder (for GPTQ:
                          quant: str|None = None, # None, '8bit', '4bit' (GPTQ), 'nf4' or 'fp4' (bitsandbytes)
                          gptq_checkpoint: str|Path|None = None, # folder written by save_quantized, with quant='4bit'
                          gptq_group_size: int|None = 128, # must match the checkpoint; None: take the checkpoint's
+                         dtype: torch.dtype|None = None, # plain: load at this dtype (None: as saved); bitsandbytes: its float parts (None: fp32)
+                         device: str|None = None, # where the model runs (bitsandbytes: its device_map); None: CPU, or 'auto' for bitsandbytes with a GPU
                         ) -> nn.Module:
     "ColossalChat's `--quant 8bit | 4bit --gptq_checkpoint PATH --gptq_group_size 128`, loading from local folders only."
     from transformers import AutoConfig, AutoModelForCausalLM
     if quant is None:
-        return AutoModelForCausalLM.from_pretrained(str(pretrained), local_files_only=True).eval()
-    if quant in BNB_QUANT: return load_bnb_model(pretrained, quant)
+        kw = {} if dtype is None else _dtype_kwarg(dtype)
+        model = AutoModelForCausalLM.from_pretrained(str(pretrained), local_files_only=True, **kw)
+        return (model if device is None else model.to(device)).eval()
+    if quant in BNB_QUANT: return load_bnb_model(pretrained, quant, torch.float32 if dtype is None else dtype, device)
     if quant != '4bit': raise ValueError(f"quant must be None, '4bit' (GPTQ) or one of {BNB_QUANT}, got {quant!r}")
     if gptq_checkpoint is None:
         raise ValueError("quant='4bit' needs gptq_checkpoint (a folder written by save_quantized); "
                          "for bitsandbytes 4-bit use quant='nf4'")
     config = AutoConfig.from_pretrained(str(pretrained), local_files_only=True)
-    return load_quant(AutoModelForCausalLM.from_config(config), gptq_checkpoint, wbits=4, groupsize=gptq_group_size)
+    model = load_quant(AutoModelForCausalLM.from_config(config), gptq_checkpoint, wbits=4, groupsize=gptq_group_size)
+    return model if device is None else model.to(device)
+
 
 # %% ../nbs/12_quant.ipynb #992f3664
 BYTES_PER_PARAM = {'fp32': 4, 'fp16': 2, 'bf16': 2, 'int8': 1, 'int4': 0.5}

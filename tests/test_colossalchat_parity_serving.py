@@ -18,8 +18,9 @@ if import_coati() is None: pytest.skip(HOW_TO_GET, allow_module_level=True)
 INFERENCE = reference_dir() / 'inference'
 pytestmark = pytest.mark.filterwarnings('ignore::DeprecationWarning')   # the reference's pydantic-1 style Field(example=)
 
-from coati_nb.inference import (COLOSSALCHAT_CONTEXT, ChatEngine, PromptTooLong, ServeConfig, build_prompt,
-                                colossalchat_prompt, create_app, render_chat, tiny_chat_model)
+from coati_nb.inference import (COLOSSALCHAT_CONTEXT, ChatEngine, PromptTooLong, build_prompt, colossalchat_prompt,
+                                render_chat, tiny_chat_model)
+from coati_nb.serve import ServeConfig, create_app
 from coati_nb.tokenizer import bundled_data_path, load_tokenizer
 
 

@@ -21,7 +21,7 @@ USER = [{'role': 'user', 'content': '你好，请数到一百。'}]
 class Server:
     "`serve_cli` in a subprocess on a free port (--port 0); the address is read from the line it prints."
     def __init__(self, *args):
-        self.proc = subprocess.Popen([sys.executable, '-c', 'from coati_nb.inference import serve_cli; serve_cli()',
+        self.proc = subprocess.Popen([sys.executable, '-c', 'from coati_nb.serve import serve_cli; serve_cli()',
                                       *args, '--port', '0'], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                      text=True, encoding='utf-8', env=ENV, cwd=ROOT)
         self.lines, self.stderr, self.url = queue.Queue(), [], None
@@ -148,7 +148,7 @@ def test_sse_wire_format(server):
 
 
 def test_colossalchat_endpoints(server):
-    from coati_nb.inference import iter_sse
+    from coati_nb.serve import iter_sse
     hist = {'max_new_tokens': 8, 'temperature': 0.0,
             'history': [{'instruction': 'Add 3 and 15.', 'response': '18'}, {'instruction': '再加 2 呢？', 'response': ''}]}
     r = server.http.post('/generate', json=hist)
@@ -386,7 +386,7 @@ def test_port_in_use_is_one_line_and_exit_2():
     with socket.socket() as taken:
         taken.bind(('127.0.0.1', 0)); taken.listen(1)
         port = taken.getsockname()[1]
-        p = subprocess.run([sys.executable, '-c', 'from coati_nb.inference import serve_cli; serve_cli()', '--port', str(port)],
+        p = subprocess.run([sys.executable, '-c', 'from coati_nb.serve import serve_cli; serve_cli()', '--port', str(port)],
                            capture_output=True, text=True, encoding='utf-8', env=ENV, cwd=ROOT, timeout=180)
     assert p.returncode == 2, (p.returncode, p.stdout, p.stderr)
     lines = p.stderr.strip().splitlines()
@@ -463,7 +463,7 @@ def test_browser_chat(servers, tmp_path):
 def test_serve_cli_hands_its_timeouts_to_uvicorn(monkeypatch):
     "--keep_alive reaches uvicorn's own setting (checked on the config, not by timing a connection)."
     import uvicorn
-    from coati_nb.inference import serve_cli
+    from coati_nb.serve import serve_cli
     seen = {}
     class _NoServer:
         def __init__(self, config): seen['config'] = config

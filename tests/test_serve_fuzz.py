@@ -9,7 +9,8 @@ import pytest
 hypothesis = pytest.importorskip('hypothesis')
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from coati_nb.inference import ServeConfig, create_app, iter_sse, load_engine
+from coati_nb.inference import load_engine
+from coati_nb.serve import ServeConfig, create_app, iter_sse
 
 SETTINGS = settings(derandomize=True, max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
