@@ -5,13 +5,15 @@
 # %% ../nbs/04_generation.ipynb #257454f7
 from __future__ import annotations
 import inspect, math
+from typing import Callable, Iterator, NamedTuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 # %% auto #0
-__all__ = ['position_ids_from_attention_mask', 'top_k_filter', 'top_p_filter', 'process_logits', 'calc_action_mask', 'generate']
+__all__ = ['position_ids_from_attention_mask', 'top_k_filter', 'top_p_filter', 'process_logits', 'calc_action_mask',
+           'choose_tokens', 'DecodeStep', 'decode_steps', 'generate']
 
 # %% ../nbs/04_generation.ipynb #62968ebe
 def position_ids_from_attention_mask(attention_mask: torch.Tensor, # (B, S) 1 for real tokens, 0 for padding
@@ -117,6 +119,98 @@ def _prompt_attention_mask(input_ids, attention_mask, pad_token_id):
         raise ValueError(f"prompt rows {rows} are all padding: every prompt needs at least one real token")
     return attention_mask
 
+# %% ../nbs/04_generation.ipynb #ab877b88
+def _next_logits(model, seqs, mask, cache, use_cache: bool, pass_pos: bool, keep1: bool, cache_key: str):
+    "One forward pass of the loop: (logits at the last position (B, V) in fp32, the new KV cache)."
+    feed_all = cache is None
+    kwargs = dict(input_ids=seqs if feed_all else seqs[:, -1:], attention_mask=mask, use_cache=use_cache)
+    if pass_pos:
+        pos = position_ids_from_attention_mask(mask)                         # (B, S)
+        kwargs['position_ids'] = pos if feed_all else pos[:, -1:]
+    if keep1: kwargs['logits_to_keep'] = 1
+    if not feed_all: kwargs[cache_key] = cache
+    out = model(**kwargs)
+    if use_cache: cache = out.cache if getattr(out, 'cache', None) is not None else out.past_key_values
+    return out.logits[:, -1, :].float(), cache                              # (B, V)
+
+def choose_tokens(logits: torch.Tensor,          # (B, V) next-token logits (fp32)
+                  do_sample: bool = True,        # sample, or greedy argmax when False
+                  top_k: int|None = None,        # top-k filter (None/0 = off)
+                  top_p: float|None = None,      # top-p filter (None/1.0 = off)
+                  temperature: float|None = None,# > 0 (None = 1.0)
+                  generator: torch.Generator|None = None, # random generator (None = torch's global one)
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    "Step 2 of the loop: (scores (B, V) of the distribution drawn from, next tokens (B,)); one multinomial draw per row."
+    if not do_sample: return logits, logits.argmax(-1)
+    scores = process_logits(logits, top_k, top_p, temperature)              # (B, V)
+    return scores, torch.multinomial(scores.softmax(-1), 1, generator=generator).squeeze(1)
+
+# %% ../nbs/04_generation.ipynb #a39f80fc
+class DecodeStep(NamedTuple):
+    "What one step of `decode_steps` produced."
+    tokens: torch.Tensor   # (B,) the new token of every row (pad for a row that had finished)
+    scores: torch.Tensor   # (B, V) the logits the tokens were drawn from (after temperature / top-k / top-p)
+    alive: torch.Tensor    # (B,) bool: the row had not finished when this token was produced
+
+@torch.no_grad()
+def decode_steps(model: nn.Module,              # a causal LM, or an object with `get_base_model()` returning one
+                 input_ids: torch.Tensor,       # (B, S0) left-padded prompt ids
+                 attention_mask: torch.Tensor|None, # (B, S0) 1 = real token; None = no padding
+                 max_new_tokens: int,           # at most this many steps
+                 do_sample: bool = True, top_k: int|None = None, top_p: float|None = None,
+                 temperature: float|None = None,# sampling, as in `choose_tokens`
+                 eos_token_id: int|None = None, # a row that produced it has finished
+                 pad_token_id: int|None = None, # what finished rows emit (None: they keep their token)
+                 min_new_tokens: int = 0,       # EOS is forbidden at the first `min_new_tokens` steps
+                 early_stopping: bool = True,   # stop once every row (on every rank) has finished
+                 use_cache: bool = True,        # KV cache: after the prompt, feed only the newest token
+                 generator: torch.Generator|None = None, # random generator (None = torch's global one)
+                 position_ids_from_mask: bool = True, # False: pass no position ids (the model's default)
+                 logits_processor: Callable|None = None, # (logits (B, V), sequences (B, S)) -> logits, before the choice
+                ) -> Iterator[DecodeStep]:
+    "The sampling loop: forward, choose, pad finished rows; yields one `DecodeStep` per new token."
+    if hasattr(model, 'get_base_model'): model = model.get_base_model()
+    mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask.long()   # (B, S0)
+    pass_pos, keep1 = position_ids_from_mask and _accepts(model, 'position_ids'), _accepts(model, 'logits_to_keep')
+    cache_key = 'cache' if _accepts(model, 'cache') else 'past_key_values'   # transformers >= 5.2x renamed the KV cache
+    seqs, cache = input_ids, None
+    unfinished = torch.ones(input_ids.size(0), dtype=torch.bool, device=input_ids.device)   # (B,)
+    for step in range(max_new_tokens):
+        logits, cache = _next_logits(model, seqs, mask, cache, use_cache, pass_pos, keep1, cache_key)  # 1. forward
+        if step < min_new_tokens and eos_token_id is not None: logits[:, eos_token_id] = float('-inf')   # too early to stop
+        if logits_processor is not None: logits = logits_processor(logits, seqs)
+        scores, tokens = choose_tokens(logits, do_sample, top_k, top_p, temperature, generator)           # 2. choose
+        if pad_token_id is not None:                                                                      # 3. finished rows emit pad
+            tokens = torch.where(unfinished, tokens, torch.full_like(tokens, pad_token_id))
+        alive = unfinished.clone()
+        seqs = torch.cat([seqs, tokens[:, None]], dim=1)                     # (B, S+1)
+        mask = torch.cat([mask, unfinished.long()[:, None]], dim=1)          # (B, S+1)
+        if eos_token_id is not None: unfinished &= tokens != eos_token_id
+        yield DecodeStep(tokens, scores, alive)
+        if early_stopping and _all_finished(unfinished): return              # 4. everyone is done
+
+# %% ../nbs/04_generation.ipynb #93cad3cc
+def _check_generate_args(input_ids, max_length, max_new_tokens, min_new_tokens, num_beams, do_sample, temperature,
+                         eos_token_id, pad_token_id, attention_mask_from_pad) -> int:
+    "Clear errors for `generate`'s arguments; returns the response length limit."
+    if num_beams != 1: raise NotImplementedError(f"num_beams={num_beams}: beam search is not supported, use num_beams=1")
+    if not torch.is_tensor(input_ids) or input_ids.dim() != 2 or input_ids.dtype not in (torch.long, torch.int):
+        raise ValueError(f"input_ids must be an integer tensor of shape (B, S0), got "
+                         f"{tuple(input_ids.shape) if torch.is_tensor(input_ids) else type(input_ids).__name__}")
+    if eos_token_id is not None and pad_token_id is None:
+        raise ValueError("eos_token_id is set but pad_token_id is None: finished sequences need a pad id to emit")
+    if (max_length is None) == (max_new_tokens is None):
+        raise ValueError("give exactly one of max_length (prompt + response) or max_new_tokens (response only)")
+    n_new = max_new_tokens if max_new_tokens is not None else max_length - input_ids.size(1)
+    if n_new < 1:
+        raise ValueError(f"nothing to generate: max_length={max_length} must exceed the prompt length {input_ids.size(1)}"
+                         if max_new_tokens is None else f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    if do_sample: _check_temperature(temperature)
+    if not 0 <= min_new_tokens <= n_new: raise ValueError(f"min_new_tokens must be in [0, {n_new}] (the response length limit), got {min_new_tokens}")
+    if attention_mask_from_pad and pad_token_id is None:
+        raise ValueError("attention_mask_from_pad=True needs pad_token_id: the mask is `sequences != pad_token_id`")
+    return n_new
+
 # %% ../nbs/04_generation.ipynb #30c8eb6e
 @torch.no_grad()
 def generate(model: nn.Module,              # a causal LM (transformers) or an object with `get_base_model()` returning one
@@ -141,64 +235,19 @@ def generate(model: nn.Module,              # a causal LM (transformers) or an o
              attention_mask_from_pad: bool = False, # True: return ColossalChat's mask `sequences != pad_token_id`
             ):
     "Sample continuations; returns (sequences (B,S), attention_mask (B,S), action_mask (B,A)[, log_probs (B,A)])."
-    if hasattr(model, 'get_base_model'): model = model.get_base_model()
-    if num_beams != 1: raise NotImplementedError(f"num_beams={num_beams}: beam search is not supported, use num_beams=1")
-    if not torch.is_tensor(input_ids) or input_ids.dim() != 2 or input_ids.dtype not in (torch.long, torch.int):
-        raise ValueError(f"input_ids must be an integer tensor of shape (B, S0), got "
-                         f"{tuple(input_ids.shape) if torch.is_tensor(input_ids) else type(input_ids).__name__}")
-    if eos_token_id is not None and pad_token_id is None:
-        raise ValueError("eos_token_id is set but pad_token_id is None: finished sequences need a pad id to emit")
-    B, S0 = input_ids.shape
-    if (max_length is None) == (max_new_tokens is None):
-        raise ValueError("give exactly one of max_length (prompt + response) or max_new_tokens (response only)")
-    n_new = max_new_tokens if max_new_tokens is not None else max_length - S0
-    if n_new < 1:
-        raise ValueError(f"nothing to generate: max_length={max_length} must exceed the prompt length {S0}"
-                         if max_new_tokens is None else f"max_new_tokens must be >= 1, got {max_new_tokens}")
-    if do_sample: _check_temperature(temperature)
-    if not 0 <= min_new_tokens <= n_new: raise ValueError(f"min_new_tokens must be in [0, {n_new}] (the response length limit), got {min_new_tokens}")
-    if attention_mask_from_pad and pad_token_id is None:
-        raise ValueError("attention_mask_from_pad=True needs pad_token_id: the mask is `sequences != pad_token_id`")
-
+    n_new = _check_generate_args(input_ids, max_length, max_new_tokens, min_new_tokens, num_beams, do_sample,
+                                 temperature, eos_token_id, pad_token_id, attention_mask_from_pad)
     mask = _prompt_attention_mask(input_ids, attention_mask, pad_token_id)   # (B, S0)
-    pass_pos, keep1 = position_ids_from_mask and _accepts(model, 'position_ids'), _accepts(model, 'logits_to_keep')
-    cache_key = 'cache' if _accepts(model, 'cache') else 'past_key_values'   # transformers >= 5.2x renamed the KV cache
-    seqs, cache = input_ids, None
-    unfinished = torch.ones(B, dtype=torch.bool, device=input_ids.device)    # (B,)
-    alive_steps, lp_steps = [], []
-    for step in range(n_new):
-        # 1. forward: the whole prompt first (or every step without a cache), then one token with the cache
-        feed_all = cache is None
-        kwargs = dict(input_ids=seqs if feed_all else seqs[:, -1:], attention_mask=mask, use_cache=use_cache)
-        if pass_pos:
-            pos = position_ids_from_attention_mask(mask)                     # (B, S)
-            kwargs['position_ids'] = pos if feed_all else pos[:, -1:]
-        if keep1: kwargs['logits_to_keep'] = 1
-        if not feed_all: kwargs[cache_key] = cache
-        out = model(**kwargs)
-        if use_cache: cache = out.cache if getattr(out, 'cache', None) is not None else out.past_key_values
-        logits = out.logits[:, -1, :].float()                                # (B, V)
-        if step < min_new_tokens and eos_token_id is not None: logits[:, eos_token_id] = float('-inf')   # too early to stop
-        # 2. choose the next token
-        if do_sample:
-            scores = process_logits(logits, top_k, top_p, temperature)       # (B, V)
-            next_tokens = torch.multinomial(scores.softmax(-1), 1, generator=generator).squeeze(1)  # (B,)
-        else:
-            scores = logits
-            next_tokens = scores.argmax(-1)                                  # (B,)
-        # 3. finished sequences emit pad
-        if pad_token_id is not None:
-            next_tokens = torch.where(unfinished, next_tokens, torch.full_like(next_tokens, pad_token_id))
+    tokens, alive, lps = [], [], []
+    for s in decode_steps(model, input_ids, mask, n_new, do_sample, top_k, top_p, temperature, eos_token_id,
+                          pad_token_id, min_new_tokens, early_stopping, use_cache, generator, position_ids_from_mask):
+        tokens.append(s.tokens); alive.append(s.alive)
         if return_log_probs:
-            lp = scores.log_softmax(-1).gather(-1, next_tokens[:, None]).squeeze(1)   # (B,)
-            lp_steps.append(torch.where(unfinished, lp, torch.zeros_like(lp)))
-        alive_steps.append(unfinished.clone())
-        seqs = torch.cat([seqs, next_tokens[:, None]], dim=1)                # (B, S+1)
-        mask = torch.cat([mask, unfinished.long()[:, None]], dim=1)          # (B, S+1)
-        if eos_token_id is not None: unfinished &= next_tokens != eos_token_id
-        # 4. stop when everyone is done
-        if early_stopping and _all_finished(unfinished): break
-    action_mask = torch.stack(alive_steps, dim=1)                            # (B, A)
+            lp = s.scores.log_softmax(-1).gather(-1, s.tokens[:, None]).squeeze(1)   # (B,)
+            lps.append(torch.where(s.alive, lp, torch.zeros_like(lp)))
+    action_mask = torch.stack(alive, dim=1)                                   # (B, A)
+    seqs = torch.cat([input_ids, torch.stack(tokens, dim=1)], dim=1)          # (B, S0 + A)
+    mask = torch.cat([mask, action_mask.long()], dim=1)                       # (B, S0 + A)
     if attention_mask_from_pad: mask = (seqs != pad_token_id).long()          # ColossalChat's mask: hides every pad (and EOS when pad = EOS)
-    if return_log_probs: return seqs, mask, action_mask, torch.stack(lp_steps, dim=1)
+    if return_log_probs: return seqs, mask, action_mask, torch.stack(lps, dim=1)
     return seqs, mask, action_mask
