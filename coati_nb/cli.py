@@ -26,31 +26,24 @@ from .trainer.rm import RewardModelTrainer
 from .trainer.sft import SFTTrainer
 
 # %% auto #0
-__all__ = ['sft_parser', 'train_sft_cli', 'rm_parser', 'train_rm_cli', 'load_reward_model_weights', 'prompts_parser',
+__all__ = ['sft_parser', 'train_sft_cli', 'rm_parser', 'load_reward_model_weights', 'train_rm_cli', 'prompts_parser',
            'experience_options', 'build_ppo', 'train_prompts_cli', 'pipeline_parser', 'pipeline_cli']
 
-# %% ../nbs/15_cli.ipynb #f8b98f13
-def _positive(kind):
-    "argparse type: a finite number > 0 (int or float)."
+# %% ../nbs/15_cli.ipynb #17c05605
+def _bounded(kind, strict: bool):
+    "argparse type: a finite number of type `kind`, > 0 if `strict` else >= 0."
     def conv(s):
         try: v = kind(s)
         except ValueError: raise argparse.ArgumentTypeError(f"expected a {kind.__name__}, got {s!r}") from None
         if not math.isfinite(v): raise argparse.ArgumentTypeError(f"must be a finite number, got {s}")
-        if not v > 0: raise argparse.ArgumentTypeError(f"must be > 0, got {s}")
+        if strict and not v > 0: raise argparse.ArgumentTypeError(f"must be > 0, got {s}")
+        if not strict and v < 0: raise argparse.ArgumentTypeError(f"must be >= 0, got {s}")
         return v
-    conv.__name__ = f'positive {kind.__name__}'
+    conv.__name__ = f"{'positive' if strict else 'non-negative'} {kind.__name__}"
     return conv
 
-def _non_negative(kind):
-    "argparse type: a finite number >= 0."
-    def conv(s):
-        try: v = kind(s)
-        except ValueError: raise argparse.ArgumentTypeError(f"expected a {kind.__name__}, got {s!r}") from None
-        if not math.isfinite(v): raise argparse.ArgumentTypeError(f"must be a finite number, got {s}")
-        if v < 0: raise argparse.ArgumentTypeError(f"must be >= 0, got {s}")
-        return v
-    conv.__name__ = f'non-negative {kind.__name__}'
-    return conv
+def _positive(kind): return _bounded(kind, strict=True)
+def _non_negative(kind): return _bounded(kind, strict=False)
 
 def _bool(s: str) -> bool:
     "argparse type for ColossalChat's `--test True` style flags."
@@ -58,6 +51,7 @@ def _bool(s: str) -> bool:
     if s.lower() in ('0', 'false', 'no', 'n'): return False
     raise argparse.ArgumentTypeError(f"expected True or False, got {s!r}")
 
+# %% ../nbs/15_cli.ipynb #0e25a60f
 def _common(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     "Flags every training script shares (ColossalChat's names)."
     p.add_argument('--strategy', choices=STRATEGY_NAMES, default='naive', help='training strategy')
@@ -81,7 +75,7 @@ def _common(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument('--debug', action='store_true', help='print the full traceback of an error')
     return p
 
-# %% ../nbs/15_cli.ipynb #2d4bae66
+# %% ../nbs/15_cli.ipynb #6a3ffa65
 _DATA_FLAGS = ('dataset', 'eval_dataset', 'prompt_dataset', 'pretrain_dataset')
 
 def _check_paths(a, *names):
@@ -103,6 +97,7 @@ def _check_writable(a, *names):
             probe = d/'.write-test'; probe.write_bytes(b'ok'); probe.unlink()
         except OSError as e: raise SystemExit(f"error: --{n} {v} is not writable: {e.strerror or e}") from None
 
+# %% ../nbs/15_cli.ipynb #40a8ecdf
 def _tokenizer(a):
     src = a.tokenizer or (a.pretrain if a.pretrain and (Path(a.pretrain)/'tokenizer.json').is_file() else None)
     return load_tokenizer(src)
@@ -128,6 +123,10 @@ def _model(a, role: str, tokenizer, pretrained=None, flag: str = '--pretrain', *
         return cls(config=cfg, **kw)
     except LoraRankError as e: raise ValueError(f"--lora_rank {a.lora_rank}: {e}") from e
 
+def _metrics_path(a):
+    "--metrics_path, or SAVE_PATH/metrics.jsonl, or None (no file)."
+    return a.metrics_path or (Path(a.save_path)/'metrics.jsonl' if a.save_path else None)
+
 def _save(strategy, model, tokenizer, a, optim=None):
     if not a.save_path: return
     check_finite_weights(strategy.unwrap_model(model), f"--save_path {a.save_path}")
@@ -150,7 +149,7 @@ def _check_strategy(a, prog: str) -> None:
                          f"not set): torchrun --nproc_per_node=N $(which {prog}) --strategy {name} ...")
 
 
-# %% ../nbs/15_cli.ipynb #6d1c9b1e
+# %% ../nbs/15_cli.ipynb #4259a5b6
 def sft_parser() -> argparse.ArgumentParser:
     p = _common(argparse.ArgumentParser(prog='coati_nb_train_sft', description='Supervised fine-tuning (ColossalChat train_sft.py flags).'))
     p.add_argument('--dataset', default=None, help='instruction data: a local file or folder, or hub:NAME (default: the bundled toy SFT data)')
@@ -166,6 +165,7 @@ def _sft_dataset(path, tokenizer, a):
     if 'completion' in rows[0] and 'prompt' in rows[0]: return SFTDataset(rows, tokenizer, a.max_len, skip_bad=a.skip_bad)
     return SupervisedDataset(rows, tokenizer, max_length=a.max_len, skip_bad=a.skip_bad)
 
+# %% ../nbs/15_cli.ipynb #be19d456
 @cli_errors('coati_nb_train_sft')
 def train_sft_cli(argv: list[str]|None = None) -> int:
     "coati_nb_train_sft: supervised fine-tuning with ColossalChat's flags."
@@ -183,14 +183,14 @@ def train_sft_cli(argv: list[str]|None = None) -> int:
     dl = strategy.setup_dataloader(train, a.batch_size, collate_fn=collate)
     steps = max(1, a.max_epochs * math.ceil(len(dl) / a.accumulation_steps))
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(optim, steps, eta_min=a.lr * 0.1)
-    metrics = a.metrics_path or (Path(a.save_path)/'metrics.jsonl' if a.save_path else None)
+    metrics = _metrics_path(a)
     t = SFTTrainer(model, strategy, optim, sched, a.max_epochs, a.accumulation_steps, a.max_norm, metrics_path=metrics,
                    log_interval=a.log_interval)
     t.fit(dl, strategy.setup_dataloader(ev, a.batch_size, shuffle=False, collate_fn=collate) if ev else None)
     _save(strategy, model, tok, a, optim)
     return 0
 
-# %% ../nbs/15_cli.ipynb #653ebf27
+# %% ../nbs/15_cli.ipynb #f49e4a71
 def rm_parser() -> argparse.ArgumentParser:
     p = _common(argparse.ArgumentParser(prog='coati_nb_train_rm', description='Reward model training (ColossalChat train_reward_model.py flags).'))
     p.add_argument('--dataset', default=None, help='preference pairs: a local file or folder, or hub:NAME (default: the bundled toy pairs)')
@@ -214,36 +214,6 @@ def _pairs(path, subset, split, tokenizer, a, limit):
         raise
     if 'prompt' in rows[0]: return RmStaticDataset(rows, tokenizer, a.max_len, skip_bad=a.skip_bad)
     return HhRlhfDataset(rows, tokenizer, a.max_len, skip_bad=a.skip_bad)
-
-@cli_errors('coati_nb_train_rm')
-def train_rm_cli(argv: list[str]|None = None) -> int:
-    "coati_nb_train_rm: reward model training with ColossalChat's flags."
-    a = rm_parser().parse_args(argv); _check_strategy(a, 'coati_nb_train_rm')
-    _check_paths(a, 'pretrain', 'tokenizer', 'dataset', 'eval_dataset', 'model_path'); _check_writable(a, 'save_path')
-    strategy = strategy_from_name(a.strategy, seed=a.seed)
-    set_seed(a.seed)                                           # model initialisation, sampling and shuffles repeat with --seed
-    tok = _tokenizer(a)
-    n_train, n_eval = (100, 10) if a.test else (a.max_datasets_size, None)   # train_reward_model.py:107-109
-    if a.dataset is None: train, ev = (_pairs(toy_data_path(k), None, 'train', tok, a, n) for k, n in (('rm_pairs', n_train), ('rm_eval_pairs', n_eval)))
-    else:
-        train = _pairs(a.dataset, a.subset, 'train', tok, a, n_train)
-        ev = _pairs(a.eval_dataset, None, 'train', tok, a, n_eval) if a.eval_dataset else _pairs(a.dataset, a.subset, 'test', tok, a, n_eval)
-    with strategy.model_init_context(): model = _model(a, 'rm', tok)
-    model.pooling = a.pooling
-    if a.model_path: load_reward_model_weights(model, a.model_path)
-    optim = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=a.lr)
-    model, optim = strategy.prepare((model, optim))
-    collate = DataCollatorForPreferenceDataset(tok)
-    dl = strategy.setup_dataloader(train, a.batch_size, collate_fn=collate)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(optim, max(1, a.max_epochs * len(dl)), eta_min=a.lr * 0.1)
-    metrics = a.metrics_path or (Path(a.save_path)/'metrics.jsonl' if a.save_path else None)
-    t = RewardModelTrainer(model, strategy, optim, sched, a.loss_fn, a.max_epochs, a.max_norm, metrics_path=metrics, log_interval=a.log_interval)
-    evdl = strategy.setup_dataloader(ev, a.batch_size, shuffle=False, collate_fn=collate) if ev is not None else None
-    t.fit(dl, evdl)
-    if evdl is not None and strategy.is_rank_0():
-        m = t.evaluate(evdl); print(f"held-out accuracy {m['eval/acc']:.3f}, mean chosen-rejected gap {m['eval/dist']:.3f}")
-    _save(strategy, model, tok, a, optim)
-    return 0
 
 # %% ../nbs/15_cli.ipynb #12916ac1
 def _read_weights(path: Path, load_file) -> dict:
@@ -282,7 +252,38 @@ def load_reward_model_weights(model: torch.nn.Module, # a RewardModel (or Critic
                          f"unexpected {unexpected[:5]}{'…' if len(unexpected) > 5 else ''}")
     model.load_state_dict(fixed, strict=True)
 
-# %% ../nbs/15_cli.ipynb #6e6b8ff3
+# %% ../nbs/15_cli.ipynb #f6090393
+@cli_errors('coati_nb_train_rm')
+def train_rm_cli(argv: list[str]|None = None) -> int:
+    "coati_nb_train_rm: reward model training with ColossalChat's flags."
+    a = rm_parser().parse_args(argv); _check_strategy(a, 'coati_nb_train_rm')
+    _check_paths(a, 'pretrain', 'tokenizer', 'dataset', 'eval_dataset', 'model_path'); _check_writable(a, 'save_path')
+    strategy = strategy_from_name(a.strategy, seed=a.seed)
+    set_seed(a.seed)                                           # model initialisation, sampling and shuffles repeat with --seed
+    tok = _tokenizer(a)
+    n_train, n_eval = (100, 10) if a.test else (a.max_datasets_size, None)   # train_reward_model.py:107-109
+    if a.dataset is None: train, ev = (_pairs(toy_data_path(k), None, 'train', tok, a, n) for k, n in (('rm_pairs', n_train), ('rm_eval_pairs', n_eval)))
+    else:
+        train = _pairs(a.dataset, a.subset, 'train', tok, a, n_train)
+        ev = _pairs(a.eval_dataset, None, 'train', tok, a, n_eval) if a.eval_dataset else _pairs(a.dataset, a.subset, 'test', tok, a, n_eval)
+    with strategy.model_init_context(): model = _model(a, 'rm', tok)
+    model.pooling = a.pooling
+    if a.model_path: load_reward_model_weights(model, a.model_path)
+    optim = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=a.lr)
+    model, optim = strategy.prepare((model, optim))
+    collate = DataCollatorForPreferenceDataset(tok)
+    dl = strategy.setup_dataloader(train, a.batch_size, collate_fn=collate)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(optim, max(1, a.max_epochs * len(dl)), eta_min=a.lr * 0.1)
+    metrics = _metrics_path(a)
+    t = RewardModelTrainer(model, strategy, optim, sched, a.loss_fn, a.max_epochs, a.max_norm, metrics_path=metrics, log_interval=a.log_interval)
+    evdl = strategy.setup_dataloader(ev, a.batch_size, shuffle=False, collate_fn=collate) if ev is not None else None
+    t.fit(dl, evdl)
+    if evdl is not None and strategy.is_rank_0():
+        m = t.evaluate(evdl); print(f"held-out accuracy {m['eval/acc']:.3f}, mean chosen-rejected gap {m['eval/dist']:.3f}")
+    _save(strategy, model, tok, a, optim)
+    return 0
+
+# %% ../nbs/15_cli.ipynb #a79116b5
 def prompts_parser() -> argparse.ArgumentParser:
     p = _common(argparse.ArgumentParser(prog='coati_nb_train_prompts', description='PPO with PTX (ColossalChat train_prompts.py flags).'))
     p.add_argument('--prompt_dataset', default=None, help='prompts: JSON / JSON lines / CSV with instruction or prompt (default: bundled)')
@@ -319,6 +320,7 @@ def prompts_parser() -> argparse.ArgumentParser:
     p.add_argument('--resume', action='store_true', help='continue from the newest checkpoint in --ckpt_dir')
     return p
 
+# %% ../nbs/15_cli.ipynb #4c999a1d
 def experience_options(a) -> dict:
     "The experience options of the preset named by --ppo_preset with every explicitly given override."
     opts = dict(PPO_PRESETS[a.ppo_preset]['experience'])
@@ -328,26 +330,19 @@ def experience_options(a) -> dict:
         if getattr(a, flag) is not None: opts[key] = getattr(a, flag)
     return opts
 
-# %% ../nbs/15_cli.ipynb #67290478
-def build_ppo(a: argparse.Namespace, # parsed `prompts_parser()` flags
-             ) -> SimpleNamespace:   # strategy, tokenizer, actor, critic, reward_model, initial_model, optimizers, loaders, trainer, preset
-    "Everything train_prompts builds from its flags, with the options of --ppo_preset (the code the parity tests run)."
-    preset = ppo_preset(a.ppo_preset, a.model)
-    opts, tr, mo = experience_options(a), preset['trainer'], preset['models']
-    if a.ptx_mode is not None: tr['ptx_mode'] = a.ptx_mode
-    if a.ptx_stream is not None: tr['ptx_stream'] = a.ptx_stream
-    ptx_coef = preset['ptx_coef'] if a.ptx_coef is None else a.ptx_coef
-    if tr['ptx_mode'] == 'convex' and ptx_coef > 1: raise SystemExit(f"error: --ptx_coef {ptx_coef} must be <= 1 with --ptx_mode convex")
-    strategy = strategy_from_name(a.strategy, seed=a.seed)
-    set_seed(a.seed)                                           # model initialisation, sampling and shuffles repeat with --seed
-    tok = _tokenizer(a)
-    if mo['pad_is_eos']: tok.pad_token = tok.eos_token          # ColossalChat (not LLaMA): tokenizer.pad_token = tokenizer.eos_token
+# %% ../nbs/15_cli.ipynb #1d5c7058
+def _ppo_data(a, tok, strategy, ptx_coef: float):
+    "The prompt dataset and the PTX loader (None when ptx_coef is 0)."
     prompts = PromptDataset(a.prompt_dataset or toy_data_path('prompts'), tok, a.max_datasets_size, a.max_input_len, skip_bad=a.skip_bad)
     ptx_dl = None
     if ptx_coef > 0:
         rows = read_rows(a.pretrain_dataset or toy_data_path('sft'), skip_bad=a.skip_bad)
         ptx = TextDataset(rows, tok, a.max_len) if 'text' in rows[0] else SupervisedDataset(rows, tok, max_length=a.max_len, skip_bad=a.skip_bad)
         ptx_dl = strategy.setup_dataloader(ptx, a.ptx_batch_size, collate_fn=DataCollatorForSupervisedDataset(tok))
+    return prompts, ptx_dl
+
+def _ppo_models(a, tok, strategy, mo: dict):
+    "Actor, initial model, reward model and critic from the flags and the preset's model options `mo`."
     with strategy.model_init_context():
         pos = dict(position_ids_from_mask=mo['position_ids_from_mask'])
         actor = _model(a, 'actor', tok, **pos)
@@ -361,6 +356,24 @@ def build_ppo(a: argparse.Namespace, # parsed `prompts_parser()` flags
         reward_model = _model(rm_args, 'rm', tok, rm_src, rm_flag, **rm_opts, **pos)
         critic = _model(argparse.Namespace(**{**vars(a), 'model': a.rm_model or a.model}), 'critic', tok, rm_src, rm_flag,
                         use_action_mask=mo['critic_use_action_mask'], **pos)
+    return actor, initial, reward_model, critic
+
+# %% ../nbs/15_cli.ipynb #399c42f6
+def build_ppo(a: argparse.Namespace, # parsed `prompts_parser()` flags
+             ) -> SimpleNamespace:   # strategy, tokenizer, actor, critic, reward_model, initial_model, optimizers, loaders, trainer, preset
+    "Everything train_prompts builds from its flags, with the options of --ppo_preset (the code the parity tests run)."
+    preset = ppo_preset(a.ppo_preset, a.model)
+    opts, tr, mo = experience_options(a), preset['trainer'], preset['models']
+    if a.ptx_mode is not None: tr['ptx_mode'] = a.ptx_mode
+    if a.ptx_stream is not None: tr['ptx_stream'] = a.ptx_stream
+    ptx_coef = preset['ptx_coef'] if a.ptx_coef is None else a.ptx_coef
+    if tr['ptx_mode'] == 'convex' and ptx_coef > 1: raise SystemExit(f"error: --ptx_coef {ptx_coef} must be <= 1 with --ptx_mode convex")
+    strategy = strategy_from_name(a.strategy, seed=a.seed)
+    set_seed(a.seed)                                           # model initialisation, sampling and shuffles repeat with --seed
+    tok = _tokenizer(a)
+    if mo['pad_is_eos']: tok.pad_token = tok.eos_token          # ColossalChat (not LLaMA): tokenizer.pad_token = tokenizer.eos_token
+    prompts, ptx_dl = _ppo_data(a, tok, strategy, ptx_coef)
+    actor, initial, reward_model, critic = _ppo_models(a, tok, strategy, mo)
     if a.rm_path:
         load_reward_model_weights(reward_model, a.rm_path); load_reward_model_weights(critic, a.rm_path)
     initial.requires_grad_(False); reward_model.requires_grad_(False)
@@ -370,18 +383,20 @@ def build_ppo(a: argparse.Namespace, # parsed `prompts_parser()` flags
     critic_optim = torch.optim.Adam([p for p in critic.parameters() if p.requires_grad], lr=a.critic_lr or a.lr)
     (actor, actor_optim), (critic, critic_optim) = strategy.prepare((actor, actor_optim), (critic, critic_optim))
     ckpt = a.ckpt_dir or (Path(a.save_path)/'checkpoints' if a.save_path else None)
-    metrics = a.metrics_path or (Path(a.save_path)/'metrics.jsonl' if a.save_path else None)
+    metrics = _metrics_path(a)
     trainer = PPOTrainer(strategy, actor, critic, reward_model, initial, actor_optim, critic_optim, kl_coef=a.kl_coef,
                          ptx_coef=ptx_coef, train_batch_size=a.train_batch_size, eps_clip=a.eps_clip, value_clip=a.value_clip,
                          max_epochs=a.max_epochs, experience_options=opts, **tr,
-                         pad_token_id=tok.pad_token_id, metrics_path=metrics, ckpt_dir=ckpt,
-                         save_interval=a.save_interval, checkpoint_frozen=not (a.pretrain and rm_src), max_new_tokens=a.max_new_tokens, do_sample=True,
+                         pad_token_id=tok.pad_token_id, metrics_path=metrics, ckpt_dir=ckpt, save_interval=a.save_interval,
+                         checkpoint_frozen=not a.pretrain,     # models built at random go into the checkpoint: no folder rebuilds them
+                         max_new_tokens=a.max_new_tokens, do_sample=True,
                          top_k=a.top_k or None, temperature=a.temperature, eos_token_id=tok.eos_token_id, **preset['generation'])
     prompt_dl = strategy.setup_dataloader(prompts, a.experience_batch_size, collate_fn=DataCollatorForPromptDataset(tok))
     return SimpleNamespace(strategy=strategy, tokenizer=tok, actor=actor, critic=critic, reward_model=reward_model,
                            initial_model=initial, actor_optim=actor_optim, critic_optim=critic_optim, prompt_dataloader=prompt_dl,
                            pretrain_dataloader=ptx_dl, trainer=trainer, preset=preset, ptx_coef=ptx_coef)
 
+# %% ../nbs/15_cli.ipynb #34fd369e
 @cli_errors('coati_nb_train_prompts')
 def train_prompts_cli(argv: list[str]|None = None) -> int:
     "coati_nb_train_prompts: PPO (+PTX) with ColossalChat's flags."
@@ -395,7 +410,6 @@ def train_prompts_cli(argv: list[str]|None = None) -> int:
         h = hist[-1]; print(f"PPO: {b.trainer.update_step} updates; last score {h['objective/scores']:.4f}, KL {h['objective/kl']:.4f}")
     _save(b.strategy, b.actor, b.tokenizer, a, b.actor_optim)
     return 0
-
 
 # %% ../nbs/15_cli.ipynb #19763718
 def pipeline_parser() -> argparse.ArgumentParser:

@@ -17,7 +17,8 @@ from .dataset import (DataCollatorForPreferenceDataset, DataCollatorForPromptDat
 from .models import family_class, tiny_config
 from .strategies import NaiveStrategy
 from .tokenizer import load_tokenizer
-from .toy_task import corrupt_response, format_prompt, gold_reward, gold_reward_terms, solve_instruction, toy_data_path
+from .prompts import format_prompt
+from .toy_task import corrupt_response, gold_reward, gold_reward_terms, solve_instruction, toy_data_path
 from .trainer.base import check_finite_weights, read_metrics
 from .trainer.ppo import PPO_PRESETS, PPOTrainer, ppo_preset
 from .trainer.rm import RewardModelTrainer
@@ -29,10 +30,10 @@ __all__ = ['NOISE_KINDS', 'PipelineConfig', 'TextDataset', 'noisy_demonstrations
            'rm_folder', 'run_rm', 'answer', 'gold_eval', 'paired_interval', 'run_ppo', 'run_pipeline', 'run_ablation',
            'plot_metrics', 'write_report']
 
-# %% ../nbs/14_pipeline.ipynb #7c063d94
+# %% ../nbs/14_pipeline.ipynb #fc8dd58f
 @dataclass
-class PipelineConfig:
-    "Every knob of the bundled PT → SFT → RM → PPO run; the defaults are the demo on a laptop CPU."
+class _StageKnobs:
+    "The knobs of the model and of the first three stages (PT, SFT, RM); `PipelineConfig` adds PPO and the evaluation."
     out: str = 'runs/demo'           # output folder: checkpoints, metrics, plots, report
     seed: int = 0                    # seed of every stage
     # the tiny LLaMA
@@ -55,6 +56,11 @@ class PipelineConfig:
     rm_lr: float = 3e-4              # learning rate
     rm_batch_size: int = 32          # pairs per step
     loss_fn: str = 'log_sig'         # 'log_sig' or 'log_exp'
+
+# %% ../nbs/14_pipeline.ipynb #a7aa7316
+@dataclass
+class PipelineConfig(_StageKnobs):
+    "Every knob of the bundled PT → SFT → RM → PPO run; the defaults are the demo on a laptop CPU."
     # 3. PPO
     ppo_preset: str = 'corrected'    # 'corrected' or 'coati' (ColossalChat's train_prompts.py), see 11_ppo's PPO_PRESETS
     num_episodes: int = 6            # episodes
@@ -77,23 +83,27 @@ class PipelineConfig:
     resume: bool = False             # continue an interrupted PPO stage from its last checkpoint
     save_interval: int = 1           # PPO checkpoint every this many updates
 
-    def __post_init__(self):
-        if self.ppo_preset not in PPO_PRESETS: raise ValueError(f"ppo_preset must be one of {list(PPO_PRESETS)}, got {self.ppo_preset!r}")
-        if self.ptx_coef is not None and not 0 <= self.ptx_coef < float('inf'):
-            raise ValueError(f"PipelineConfig.ptx_coef must be a finite number >= 0 or None, got {self.ptx_coef}")
-        if self.loss_fn not in ('log_sig', 'log_exp'): raise ValueError(f"loss_fn must be 'log_sig' or 'log_exp', got {self.loss_fn!r}")
-        if self.hidden_size % self.num_heads: raise ValueError(f"hidden_size={self.hidden_size} is not divisible by num_heads={self.num_heads}")
-        for f in fields(self):
-            v = getattr(self, f.name)
-            if f.type in ('int', 'float') and not isinstance(v, bool) and isinstance(v, (int, float)) and v < 0:
-                raise ValueError(f"PipelineConfig.{f.name} must be >= 0, got {v}")
-        for name in ('num_episodes', 'max_timesteps', 'update_timesteps', 'experience_batch_size', 'train_batch_size',
-                     'ppo_epochs', 'max_new_tokens', 'eval_batch_size', 'max_len', 'sft_epochs', 'rm_epochs'):
-            if getattr(self, name) < 1: raise ValueError(f"PipelineConfig.{name} must be >= 1, got {getattr(self, name)}")
-        if not 0 <= self.sft_noise < 1: raise ValueError(f"PipelineConfig.sft_noise must be in [0, 1), got {self.sft_noise}")
-        if self.experience_batch_size * self.update_timesteps < self.train_batch_size:
-            raise ValueError(f"train_batch_size={self.train_batch_size} is larger than the buffer of one update "
-                             f"(experience_batch_size × update_timesteps = {self.experience_batch_size * self.update_timesteps})")
+    def __post_init__(self): _check_config(self)
+
+# %% ../nbs/14_pipeline.ipynb #11e63981
+def _check_config(cfg: PipelineConfig):
+    "Refuse a PipelineConfig no run can use, naming the field."
+    if cfg.ppo_preset not in PPO_PRESETS: raise ValueError(f"ppo_preset must be one of {list(PPO_PRESETS)}, got {cfg.ppo_preset!r}")
+    if cfg.ptx_coef is not None and not 0 <= cfg.ptx_coef < float('inf'):
+        raise ValueError(f"PipelineConfig.ptx_coef must be a finite number >= 0 or None, got {cfg.ptx_coef}")
+    if cfg.loss_fn not in ('log_sig', 'log_exp'): raise ValueError(f"loss_fn must be 'log_sig' or 'log_exp', got {cfg.loss_fn!r}")
+    if cfg.hidden_size % cfg.num_heads: raise ValueError(f"hidden_size={cfg.hidden_size} is not divisible by num_heads={cfg.num_heads}")
+    for f in fields(cfg):
+        v = getattr(cfg, f.name)
+        if f.type in ('int', 'float') and not isinstance(v, bool) and isinstance(v, (int, float)) and v < 0:
+            raise ValueError(f"PipelineConfig.{f.name} must be >= 0, got {v}")
+    for name in ('num_episodes', 'max_timesteps', 'update_timesteps', 'experience_batch_size', 'train_batch_size',
+                 'ppo_epochs', 'max_new_tokens', 'eval_batch_size', 'max_len', 'sft_epochs', 'rm_epochs'):
+        if getattr(cfg, name) < 1: raise ValueError(f"PipelineConfig.{name} must be >= 1, got {getattr(cfg, name)}")
+    if not 0 <= cfg.sft_noise < 1: raise ValueError(f"PipelineConfig.sft_noise must be in [0, 1), got {cfg.sft_noise}")
+    if cfg.experience_batch_size * cfg.update_timesteps < cfg.train_batch_size:
+        raise ValueError(f"train_batch_size={cfg.train_batch_size} is larger than the buffer of one update "
+                         f"(experience_batch_size × update_timesteps = {cfg.experience_batch_size * cfg.update_timesteps})")
 
 # %% ../nbs/14_pipeline.ipynb #ae4f5ef8
 class TextDataset(Dataset):
@@ -296,7 +306,7 @@ def run_ppo(cfg: PipelineConfig, tokenizer, out: Path, sft_path: Path, rm_path: 
     strategy.barrier()
     return out/name, actor, hist
 
-# %% ../nbs/14_pipeline.ipynb #24d997d0
+# %% ../nbs/14_pipeline.ipynb #dcb39913
 def _stage(cfg, folder: Path, fn, *args):
     "Run a stage unless resuming and its folder is complete."
     if cfg.resume and (folder/'config.json').is_file(): return folder
@@ -306,31 +316,22 @@ def _load_eval_instructions() -> list[str]:
     rows = read_rows(toy_data_path('eval_prompts'))
     return [r['instruction'] for r in rows]
 
-def run_pipeline(cfg: PipelineConfig|None = None, # the run's settings (default: the demo)
-                 ablation: bool = False,          # also run PPO with the other preset from the same SFT and RM
-                ) -> dict:
-    "PT → SFT → RM → PPO on the bundled data, then the gold evaluation, plots and report; returns the summary."
-    cfg = cfg or PipelineConfig(); t0 = time.time()
-    out = Path(cfg.out); out.mkdir(parents=True, exist_ok=True)
-    (out/'config.json').write_text(json.dumps(asdict(cfg), indent=1))
-    tok = load_tokenizer()
-    pt = _stage(cfg, out/'pt', run_pt, cfg, tok, out)
-    sft = _stage(cfg, out/'sft', run_sft, cfg, tok, out, pt)
-    rms = {}                                               # pooling -> (folder, held-out metrics)
+def _reward_models(cfg: PipelineConfig, tokenizer, out: Path, sft: Path):
+    "pooling -> (RM folder, held-out metrics): trained on first use (or read back when resuming), then remembered."
+    rms = {}
     def reward_model(pooling):
         if pooling not in rms:
             d, ev_file = out/rm_folder(pooling), out/f'{rm_folder(pooling)}_eval.json'
             if cfg.resume and (d/'config.json').is_file() and ev_file.is_file(): rms[pooling] = d, json.loads(ev_file.read_text())
             else:
-                rms[pooling] = run_rm(cfg, tok, out, sft, pooling=pooling)
+                rms[pooling] = run_rm(cfg, tokenizer, out, sft, pooling=pooling)
                 ev_file.write_text(json.dumps(rms[pooling][1]))
         return rms[pooling]
-    rm, rm_ev = reward_model(PPO_PRESETS[cfg.ppo_preset]['models']['rm_pooling'])
-    _, actor, _ = run_ppo(cfg, tok, out, sft, rm)
-    instructions = _load_eval_instructions()
-    sft_model = family_class('llama', 'actor')(pretrained=sft)
-    ev_sft, ev_ppo = gold_eval(sft_model, tok, instructions, cfg, cfg.seed), gold_eval(actor, tok, instructions, cfg, cfg.seed)
-    ppo_hist = read_metrics(out/'metrics'/'ppo.jsonl', stage='ppo')
+    return reward_model
+
+# %% ../nbs/14_pipeline.ipynb #ada0787a
+def _summary(cfg: PipelineConfig, ev_sft: dict, ev_ppo: dict, ppo_hist: list[dict], rm_ev: dict, n_prompts: int) -> dict:
+    "The headline figures of a run: gold rewards before / after with the paired interval, KL, RM accuracy, EOS rates."
     mean = lambda xs: sum(xs) / len(xs)
     summary = {'gold_reward_sft': mean(ev_sft['sampled']), 'gold_reward_ppo': mean(ev_ppo['sampled']),
                'gold_reward_sft_greedy': mean(ev_sft['greedy']), 'gold_reward_ppo_greedy': mean(ev_ppo['greedy']),
@@ -339,8 +340,28 @@ def run_pipeline(cfg: PipelineConfig|None = None, # the run's settings (default:
                'kl': ppo_hist[-1]['objective/kl_k3'], 'rm_accuracy': rm_ev['eval/acc'], 'rm_dist': rm_ev['eval/dist'],
                'eos_rate_sft': ev_sft['sampled_eos'], 'eos_rate_ppo': ev_ppo['sampled_eos'],
                'correct_sft_greedy': ev_sft['greedy_correct'], 'correct_ppo_greedy': ev_ppo['greedy_correct'],
-               'ppo_updates': len(ppo_hist), 'ppo_preset': cfg.ppo_preset, 'n_eval_prompts': len(instructions)}
+               'ppo_updates': len(ppo_hist), 'ppo_preset': cfg.ppo_preset, 'n_eval_prompts': n_prompts}
     summary['ppo_beats_sft'] = summary['gold_gain_interval']['low'] > 0
+    return summary
+
+# %% ../nbs/14_pipeline.ipynb #afe95540
+def run_pipeline(cfg: PipelineConfig|None = None, # the run's settings (default: the demo)
+                 ablation: bool = False,          # also run PPO with the other preset from the same SFT and RM
+                ) -> dict:
+    "PT → SFT → RM → PPO on the bundled data, then the gold evaluation, plots and report; returns the summary."
+    cfg = cfg or PipelineConfig(); t0 = time.time()
+    out = Path(cfg.out); out.mkdir(parents=True, exist_ok=True)
+    (out/'config.json').write_text(json.dumps(asdict(cfg), indent=1))
+    tok = load_tokenizer()
+    pt = _stage(cfg, out/'pt', run_pt, cfg, tok, out)                       # 0. PT
+    sft = _stage(cfg, out/'sft', run_sft, cfg, tok, out, pt)                # 1. SFT
+    reward_model = _reward_models(cfg, tok, out, sft)
+    rm, rm_ev = reward_model(PPO_PRESETS[cfg.ppo_preset]['models']['rm_pooling'])   # 2. RM
+    _, actor, _ = run_ppo(cfg, tok, out, sft, rm)                           # 3. PPO
+    instructions = _load_eval_instructions()                                # 4. the gold evaluation, SFT then PPO
+    sft_model = family_class('llama', 'actor')(pretrained=sft)
+    ev_sft, ev_ppo = gold_eval(sft_model, tok, instructions, cfg, cfg.seed), gold_eval(actor, tok, instructions, cfg, cfg.seed)
+    summary = _summary(cfg, ev_sft, ev_ppo, read_metrics(out/'metrics'/'ppo.jsonl', stage='ppo'), rm_ev, len(instructions))
     if ablation: summary['ablation'] = run_ablation(cfg, tok, out, sft, reward_model, instructions)
     summary['wall_seconds'] = time.time() - t0
     with atomic_write(out/'summary.json') as p: p.write_text(json.dumps(summary, indent=1, ensure_ascii=False))
