@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Sequence
 
 from .prompts import format_prompt, parse_prompt
-from .prompts import INPUT_TAG, INSTRUCTION_TAG, PROMPT_INPUT, PROMPT_NO_INPUT, RESPONSE_TAG  # compat: moved to prompts
 from .utils import atomic_write, bundled_data_path, cli_errors
 
 # %% auto #0
