@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 from fastcore.basics import patch
 
-from .utils import masked_mean, masked_sum, whiten
+from .utils import _shape, masked_mean, masked_sum, whiten
 
 # %% auto #0
 __all__ = ['KL_ESTIMATORS', 'EXPERIENCE_PRESETS', 'Experience', 'approx_kl_per_token', 'compute_approx_kl', 'last_action_index',
@@ -23,7 +23,6 @@ __all__ = ['KL_ESTIMATORS', 'EXPERIENCE_PRESETS', 'Experience', 'approx_kl_per_t
 _PER_ACTION = ('action_log_probs', 'base_action_log_probs')        # always (B, A)
 _PER_SEQ_OR_ACTION = ('values', 'reward', 'advantages', 'returns') # (B,) or (B, A)
 
-def _shape(t): return tuple(t.shape) if torch.is_tensor(t) else type(t).__name__
 
 # %% ../nbs/06_experience_maker.ipynb #f7b6b3a8
 @dataclass

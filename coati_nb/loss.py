@@ -9,14 +9,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .utils import masked_mean
+from .utils import _shape, masked_mean
 
 # %% auto #0
 __all__ = ['GPTLMLoss', 'PolicyLoss', 'ValueLoss', 'PPOPtxActorLoss', 'LogSigLoss', 'LogExpLoss']
 
 # %% ../nbs/02_loss.ipynb #51b3a5c5
-def _shape(t: torch.Tensor) -> tuple: return tuple(t.shape)
-
 def _check_same_shape(who: str, **tensors: torch.Tensor):
     "Raise a ValueError naming every argument when the tensors do not all have the same shape."
     shapes = {k: _shape(v) for k, v in tensors.items()}

@@ -19,6 +19,10 @@ __all__ = ['USER_ERRORS', 'masked_sum', 'masked_mean', 'masked_var', 'masked_nor
            'cli_errors']
 
 # %% ../nbs/00_utils.ipynb #fbea5016
+def _shape(t) -> tuple|str:
+    "A tensor's shape as a tuple, for error messages (the type name of anything else)."
+    return tuple(t.shape) if torch.is_tensor(t) else type(t).__name__
+
 def _check_mask(tensor: torch.Tensor, mask: torch.Tensor, name: str = 'mask'):
     "Raise a clear error when `mask` cannot be broadcast to `tensor`."
     try: torch.broadcast_shapes(tensor.shape, mask.shape)
