@@ -13,13 +13,14 @@ import torch.nn as nn
 from fastcore.basics import patch
 from safetensors import SafetensorError
 
-from .generation import _accepts, _check_temperature, process_logits
+from .generation import _check_temperature, decode_steps
 from .models import get_family, tiny_config
 from .quant import BNB_QUANT, bnb_available, load_quantized_model
 from .tokenizer import load_tokenizer
-from .prompts import (COLOSSALCHAT_CONTEXT, CHAT_TEMPLATES, ROLES, ChatPrompt, ChatTemplate, PromptTooLong,
+from .prompts import (   # the chat prompt (04a_prompts); these names are also importable from here
+                              COLOSSALCHAT_CONTEXT, CHAT_TEMPLATES, ROLES, ChatPrompt, ChatTemplate, PromptTooLong,
                               build_prompt, check_messages, colossalchat_prompt, get_template, render_chat)
-from .utils import cli_errors, get_dtype
+from .utils import cli_errors, get_dtype, module_device
 
 
 # %% auto #0
@@ -89,16 +90,6 @@ def apply_repetition_penalty(logits: torch.Tensor,   # (B, V) next-token scores
     z = torch.where(z > 0, z / penalty, z * penalty)
     return logits.scatter(1, seen, z)                                 # (B, V)
 
-# %% ../nbs/13_inference.ipynb #9ab76be1
-def _cache_kwarg(model: nn.Module) -> str:
-    "The keyword a transformers forward takes the KV cache by: 'cache' (transformers >= 5.x) or 'past_key_values'."
-    return 'cache' if _accepts(model, 'cache') else 'past_key_values'
-
-def _out_cache(out):
-    cache = getattr(out, 'cache', None)
-    return cache if cache is not None else out.past_key_values
-
-
 # %% ../nbs/13_inference.ipynb #949768f9
 @torch.no_grad()
 def stream_tokens(model: nn.Module,             # a causal LM (transformers) or an object with `get_base_model()`
@@ -113,35 +104,23 @@ def stream_tokens(model: nn.Module,             # a causal LM (transformers) or 
                   generator: torch.Generator|None = None, # random generator for sampling
                   should_stop: Callable[[], bool]|None = None, # checked before every step; True ends the stream
                  ) -> Iterator[int]:
-    "Yield new token ids one at a time, with a KV cache, until EOS, `max_new_tokens` or `should_stop()`."
-    if hasattr(model, 'get_base_model'): model = model.get_base_model()
+    "Yield new token ids one at a time (`decode_steps` for one prompt) until EOS, `max_new_tokens` or `should_stop()`."
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be an int >= 1, got {max_new_tokens!r}")
     if do_sample: _check_temperature(temperature)
-    device = next(model.parameters()).device
-    seq = torch.as_tensor(input_ids, dtype=torch.long, device=device).view(1, -1)   # (1, S0)
+    base = model.get_base_model() if hasattr(model, 'get_base_model') else model
+    seq = torch.as_tensor(input_ids, dtype=torch.long, device=module_device(base)).view(1, -1)   # (1, S0)
     if seq.size(1) == 0: raise ValueError("the prompt is empty: give at least one token")
-    ckw, pass_pos, keep1 = _cache_kwarg(model), _accepts(model, 'position_ids'), _accepts(model, 'logits_to_keep')
-    cache, feed = None, seq
-    for _ in range(max_new_tokens):
-        if should_stop is not None and should_stop(): return
-        # 1. forward: the whole prompt first, then only the newest token with the cache
-        kw = dict(input_ids=feed, use_cache=True)
-        if cache is not None: kw[ckw] = cache
-        if pass_pos: kw['position_ids'] = torch.arange(seq.size(1) - feed.size(1), seq.size(1), device=device)[None]
-        if keep1: kw['logits_to_keep'] = 1
-        out = model(**kw)
-        cache = _out_cache(out)
-        logits = out.logits[:, -1, :].float()                                   # (1, V)
-        logits = apply_repetition_penalty(logits, seq, repetition_penalty)
-        # 2. choose the next token as `generate` does
-        if do_sample:
-            probs = process_logits(logits, top_k, top_p, temperature).softmax(-1)   # (1, V)
-            nxt = torch.multinomial(probs, 1, generator=generator)               # (1, 1)
-        else: nxt = logits.argmax(-1, keepdim=True)                             # (1, 1)
-        seq, feed = torch.cat([seq, nxt], dim=1), nxt                           # (1, S+1), (1, 1)
-        yield int(nxt)
-        if eos_token_id is not None and int(nxt) == eos_token_id: return
+    penalize = lambda logits, seqs: apply_repetition_penalty(logits, seqs, repetition_penalty)   # (1, V)
+    steps = decode_steps(model, seq, None, max_new_tokens, do_sample, top_k, top_p, temperature, early_stopping=False,
+                         generator=generator, logits_processor=penalize)     # EOS is ours: no padding, no collective
+    try:
+        for _ in range(max_new_tokens):
+            if should_stop is not None and should_stop(): return
+            token = int(next(steps).tokens)                                  # 1. forward, 2. choose
+            yield token
+            if eos_token_id is not None and token == eos_token_id: return
+    finally: steps.close()
 
 
 # %% ../nbs/13_inference.ipynb #39e06e5b
