@@ -168,8 +168,10 @@ def _gptq_prepare(weight: torch.Tensor, # (out, in) float weight W
                   act_order: bool,      # order the columns by decreasing diag(H)
                   where: str,           # name used in error messages
                  ) -> tuple: # W (out, in) permuted copy, U (in, in) upper Cholesky factor of H⁻¹, perm (in,)
-    "Zero the dead inputs, permute for act-order, damp H and factor H⁻¹ = UᵀU (steps before Algorithm 1's loop)."
+    "Check H and λ, zero the dead inputs, permute for act-order, damp H and factor H⁻¹ = UᵀU (steps before Algorithm 1's loop)."
     in_f = weight.shape[1]
+    if tuple(H.shape) != (in_f, in_f): raise ValueError(f"{where}: H has shape {tuple(H.shape)}, expected ({in_f}, {in_f})")
+    if not percdamp > 0: raise ValueError(f"{where}: percdamp must be > 0, got {percdamp!r}")
     W, H = weight.detach().float().clone(), H.detach().float().clone()
     dead = torch.diag(H) == 0                                          # inputs that were never active
     H[dead, dead] = 1.; W[:, dead] = 0.
@@ -199,8 +201,6 @@ def gptq_quantize(weight: torch.Tensor, # (out, in) float weight W
     if weight.dim() != 2: raise ValueError(f"{where}: weight must be 2-D (out, in), got shape {tuple(weight.shape)}")
     out_f, in_f = weight.shape
     _check_group_size(group_size, in_f, where)
-    if tuple(H.shape) != (in_f, in_f): raise ValueError(f"{where}: H has shape {tuple(H.shape)}, expected ({in_f}, {in_f})")
-    if not percdamp > 0: raise ValueError(f"{where}: percdamp must be > 0, got {percdamp!r}")
     W, U, perm = _gptq_prepare(weight, H, percdamp, act_order, where)
     g = in_f if group_size == -1 else group_size
     B = blocksize if (blocksize % g == 0 or g % blocksize == 0) else g  # align blocks with groups

@@ -14,6 +14,7 @@ from typing import Iterable, Iterator, Literal
 
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
+from fastcore.basics import patch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from safetensors import SafetensorError
 from starlette.datastructures import Headers
@@ -21,7 +22,6 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .inference import ChatEngine, ChatStream, PromptTooLong, _common_args, load_engine
 from .utils import cli_errors
-from fastcore.basics import patch
 
 
 # %% auto #0
