@@ -10,63 +10,15 @@ from typing import Callable, Iterator, NamedTuple
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from fastcore.basics import patch
+
+from .models import Actor, position_ids_from_attention_mask, process_logits
+# compat: moved to models — inference.py imports these from coati_nb.generation
+from .models import _accepts, _check_temperature, top_k_filter, top_p_filter  # noqa: F401
+
 
 # %% auto #0
-__all__ = ['position_ids_from_attention_mask', 'top_k_filter', 'top_p_filter', 'process_logits', 'calc_action_mask',
-           'choose_tokens', 'DecodeStep', 'decode_steps', 'generate']
-
-# %% ../nbs/04_generation.ipynb #62968ebe
-def position_ids_from_attention_mask(attention_mask: torch.Tensor, # (B, S) 1 for real tokens, 0 for padding
-                                    ) -> torch.Tensor:
-    "Position ids that count real tokens only, so left padding does not shift them; padding positions get 0."
-    mask = attention_mask.long()
-    pos = mask.cumsum(dim=-1) - 1              # (B, S)
-    return pos.masked_fill(mask == 0, 0)       # (B, S)
-
-# %% ../nbs/04_generation.ipynb #f8347e23
-def _check_temperature(temperature):
-    if temperature is None: return 1.0
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not math.isfinite(temperature) \
-       or temperature <= 0:
-        raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}; "
-                         "for greedy decoding use do_sample=False instead of temperature=0")
-    return float(temperature)
-
-def top_k_filter(logits: torch.Tensor, # (..., V) scores
-                 top_k: int|None,      # keep the k largest; None or 0 switches the filter off
-                ) -> torch.Tensor:
-    "Set every logit below the k-th largest to -inf."
-    if top_k is None or top_k == 0: return logits
-    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0:
-        raise ValueError(f"top_k must be None, 0 (off) or a positive int, got {top_k!r}")
-    k = min(top_k, logits.size(-1))
-    kth = torch.topk(logits, k, dim=-1).values[..., -1:]     # (..., 1)
-    return logits.masked_fill(logits < kth, float('-inf'))
-
-def top_p_filter(logits: torch.Tensor, # (..., V) scores
-                 top_p: float|None,    # nucleus mass in (0, 1]; None or 1.0 switches the filter off
-                ) -> torch.Tensor:
-    "Keep the smallest set of most probable tokens whose total probability is at least `top_p`."
-    if top_p is None or top_p == 1.0: return logits
-    if isinstance(top_p, bool) or not isinstance(top_p, (int, float)) or not 0.0 < top_p <= 1.0:
-        raise ValueError(f"top_p must be in (0, 1], got {top_p!r}")
-    sorted_logits, order = torch.sort(logits, dim=-1, descending=True)   # (..., V)
-    probs = sorted_logits.softmax(dim=-1)
-    mass_before = probs.cumsum(dim=-1) - probs           # mass of the strictly more probable tokens
-    drop_sorted = mass_before >= top_p
-    drop_sorted[..., 0] = False                          # always keep the most probable token
-    drop = drop_sorted.scatter(-1, order, drop_sorted)   # back to vocabulary order
-    return logits.masked_fill(drop, float('-inf'))
-
-def process_logits(logits: torch.Tensor,     # (..., V) scores, e.g. (B, V) in the loop or (B, A, V) in `Actor.forward`
-                   top_k: int|None = None,   # top-k filter, None/0 = off
-                   top_p: float|None = None, # top-p filter, None/1.0 = off
-                   temperature: float|None = None, # > 0; None means 1.0
-                  ) -> torch.Tensor:
-    "Temperature, then top-k, then top-p: the scores whose softmax is the sampling distribution."
-    t = _check_temperature(temperature)
-    if t != 1.0: logits = logits / t
-    return top_p_filter(top_k_filter(logits, top_k), top_p)
+__all__ = ['calc_action_mask', 'choose_tokens', 'DecodeStep', 'decode_steps', 'generate']
 
 # %% ../nbs/04_generation.ipynb #ef914b18
 def calc_action_mask(sequences: torch.Tensor,   # (B, S) prompt + response token ids
@@ -89,11 +41,6 @@ def calc_action_mask(sequences: torch.Tensor,   # (B, S) prompt + response token
     return mask
 
 # %% ../nbs/04_generation.ipynb #4883ab57
-def _accepts(model: nn.Module, name: str) -> bool:
-    "Does `model.forward` take the keyword `name`?"
-    try: return name in inspect.signature(model.forward).parameters
-    except (TypeError, ValueError): return False
-
 def _all_finished(unfinished: torch.Tensor) -> bool:
     "True when no sequence is running on any rank (every rank must run the same number of forward passes)."
     n = unfinished.long().sum()
@@ -251,3 +198,16 @@ def generate(model: nn.Module,              # a causal LM (transformers) or an o
     if attention_mask_from_pad: mask = (seqs != pad_token_id).long()          # ColossalChat's mask: hides every pad (and EOS when pad = EOS)
     if return_log_probs: return seqs, mask, action_mask, torch.stack(lps, dim=1)
     return seqs, mask, action_mask
+
+# %% ../nbs/04_generation.ipynb #f6aa89d1
+@patch
+@torch.no_grad()
+def generate(self: Actor,
+             input_ids: torch.Tensor,         # (B, S0) left-padded prompts
+             return_action_mask: bool = True, # False returns None in the action mask's place
+             **kwargs,                        # arguments of `coati_nb.generation.generate`
+            ):
+    "Sample responses: (sequences, attention_mask, action_mask[, log_probs]) — see `generate`."
+    out = generate(self.model, input_ids, **kwargs)
+    if not return_action_mask: out = (out[0], out[1], None, *out[3:])
+    return out

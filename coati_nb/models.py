@@ -4,18 +4,18 @@
 
 # %% ../nbs/03_models.ipynb #d90ba528
 from __future__ import annotations
-import inspect, json
+import inspect, json, math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import torch
 import torch.nn as nn
+from fastcore.basics import patch
 from safetensors.torch import load_file, save_file
 from transformers import (BloomConfig, BloomForCausalLM, BloomModel, GPT2Config, GPT2LMHeadModel, GPT2Model,
                           LlamaConfig, LlamaForCausalLM, LlamaModel, OPTConfig, OPTForCausalLM, OPTModel)
 
-from .generation import _accepts, generate, position_ids_from_attention_mask, process_logits
 from .lora import LoRAModule, LoraLinear
 from .utils import log_probs_from_logits, masked_mean
 
@@ -23,8 +23,8 @@ from .utils import log_probs_from_logits, masked_mean
 __all__ = ['MODEL_FAMILIES', 'LOGPROB_FLOOR', 'OPTIONS_FILE', 'GPTActor', 'GPTCritic', 'GPTRM', 'GPTLM', 'BLOOMActor',
            'BLOOMCritic', 'BLOOMRM', 'BLOOMLM', 'OPTActor', 'OPTCritic', 'OPTRM', 'OPTLM', 'LlamaActor', 'LlamaCritic',
            'LlamaRM', 'LlamaLM', 'ModelFamily', 'register_family', 'get_family', 'tiny_config', 'load_transformer',
-           'Actor', 'make_value_head', 'Critic', 'last_token_index', 'RewardModel', 'LM', 'saved_options',
-           'family_class']
+           'position_ids_from_attention_mask', 'Actor', 'top_k_filter', 'top_p_filter', 'process_logits',
+           'make_value_head', 'Critic', 'last_token_index', 'RewardModel', 'LM', 'saved_options', 'family_class']
 
 # %% ../nbs/03_models.ipynb #a008f1cf
 @dataclass(frozen=True)
@@ -138,7 +138,20 @@ def load_transformer(family: str,                  # a registered family, e.g. '
     if checkpoint: _enable_checkpointing(model)
     return model
 
+# %% ../nbs/03_models.ipynb #62968ebe
+def position_ids_from_attention_mask(attention_mask: torch.Tensor, # (B, S) 1 for real tokens, 0 for padding
+                                    ) -> torch.Tensor:
+    "Position ids that count real tokens only, so left padding does not shift them; padding positions get 0."
+    mask = attention_mask.long()
+    pos = mask.cumsum(dim=-1) - 1              # (B, S)
+    return pos.masked_fill(mask == 0, 0)       # (B, S)
+
 # %% ../nbs/03_models.ipynb #9c875c43
+def _accepts(model: nn.Module, name: str) -> bool:
+    "Does `model.forward` take the keyword `name`?"
+    try: return name in inspect.signature(model.forward).parameters
+    except (TypeError, ValueError): return False
+
 def _check_batch(sequences: torch.Tensor, attention_mask: torch.Tensor|None):
     "Clear errors for malformed (B, S) inputs."
     if not torch.is_tensor(sequences) or sequences.dim() != 2 or sequences.dtype not in (torch.long, torch.int):
@@ -174,8 +187,6 @@ def _hidden_size(config) -> int:
     return config.hidden_size
 
 # %% ../nbs/03_models.ipynb #712aa9f1
-LOGPROB_FLOOR = -1e4   # log-prob given to a token the top-k / top-p filter removed: finite, and exp(LOGPROB_FLOOR) == 0
-
 class Actor(LoRAModule):
     "Policy model: a causal LM whose forward returns the log-probs of the last `num_actions` tokens."
     def __init__(self,
@@ -204,44 +215,89 @@ class Actor(LoRAModule):
         if _accepts(self.model, 'logits_to_keep'): kw['logits_to_keep'] = num_actions + 1
         return self.model(**kw).logits[:, -(num_actions + 1):-1]          # (B, A, V)
 
-    def forward(self,
-                sequences: torch.LongTensor,   # (B, S) prompt + response
-                num_actions: int,              # A: the response is the last A tokens
-                attention_mask: torch.Tensor|None = None, # (B, S) 1 = real token
-                *,
-                temperature: float|None = None, # log-probs under the sampling distribution: temperature ...
-                top_k: int|None = None,         # ... top-k filter (None/0 = off) ...
-                top_p: float|None = None,       # ... top-p filter (None/1.0 = off), as in `generate` ...
-                min_new_tokens: int = 0,        # ... and EOS forbidden at the first `min_new_tokens` actions ...
-                eos_token_id: int|None = None,  # ... (the EOS id, needed with min_new_tokens)
-               ) -> torch.Tensor:              # (B, A) action log-probs
-        "Log-probabilities of the last `num_actions` tokens of `sequences`, under the model or the sampling distribution."
-        logits = self.action_logits(sequences, num_actions, attention_mask)   # (B, A, V)
-        actions = sequences[:, -num_actions:]                                 # (B, A)
-        if temperature is None and top_k is None and top_p is None and not min_new_tokens:
-            return log_probs_from_logits(logits, actions)                    # (B, A)
-        logits = logits.float()
-        if min_new_tokens:                                                    # as `generate`: no EOS before min_new_tokens
-            if eos_token_id is None: raise ValueError("min_new_tokens needs eos_token_id")
-            logits = logits.clone(); logits[:, :min_new_tokens, eos_token_id] = float('-inf')
-        scores = process_logits(logits, top_k, top_p, temperature)           # (B, A, V), -inf where filtered out
-        lp = scores.log_softmax(-1).gather(-1, actions[..., None]).squeeze(-1)   # (B, A), -inf for a filtered token
-        return torch.where(torch.isfinite(lp), lp, torch.full_like(lp, LOGPROB_FLOOR))
-
-    @torch.no_grad()
-    def generate(self,
-                 input_ids: torch.Tensor,         # (B, S0) left-padded prompts
-                 return_action_mask: bool = True, # False returns None in the action mask's place
-                 **kwargs,                        # arguments of `coati_nb.generation.generate`
-                ):
-        "Sample responses: (sequences, attention_mask, action_mask[, log_probs]) — see `generate`."
-        out = generate(self.model, input_ids, **kwargs)
-        if not return_action_mask: out = (out[0], out[1], None, *out[3:])
-        return out
-
     def get_base_model(self) -> nn.Module:
         "The wrapped transformers model."
         return self.model
+
+
+# %% ../nbs/03_models.ipynb #cc68855d
+def _check_temperature(temperature):
+    if temperature is None: return 1.0
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not math.isfinite(temperature) \
+       or temperature <= 0:
+        raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}; "
+                         "for greedy decoding use do_sample=False instead of temperature=0")
+    return float(temperature)
+
+def top_k_filter(logits: torch.Tensor, # (..., V) scores
+                 top_k: int|None,      # keep the k largest; None or 0 switches the filter off
+                ) -> torch.Tensor:
+    "Set every logit below the k-th largest to -inf."
+    if top_k is None or top_k == 0: return logits
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0:
+        raise ValueError(f"top_k must be None, 0 (off) or a positive int, got {top_k!r}")
+    k = min(top_k, logits.size(-1))
+    kth = torch.topk(logits, k, dim=-1).values[..., -1:]     # (..., 1)
+    return logits.masked_fill(logits < kth, float('-inf'))
+
+
+# %% ../nbs/03_models.ipynb #22acf8d2
+def top_p_filter(logits: torch.Tensor, # (..., V) scores
+                 top_p: float|None,    # nucleus mass in (0, 1]; None or 1.0 switches the filter off
+                ) -> torch.Tensor:
+    "Keep the smallest set of most probable tokens whose total probability is at least `top_p`."
+    if top_p is None or top_p == 1.0: return logits
+    if isinstance(top_p, bool) or not isinstance(top_p, (int, float)) or not 0.0 < top_p <= 1.0:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p!r}")
+    sorted_logits, order = torch.sort(logits, dim=-1, descending=True)   # (..., V)
+    probs = sorted_logits.softmax(dim=-1)
+    mass_before = probs.cumsum(dim=-1) - probs           # mass of the strictly more probable tokens
+    drop_sorted = mass_before >= top_p
+    drop_sorted[..., 0] = False                          # always keep the most probable token
+    drop = drop_sorted.scatter(-1, order, drop_sorted)   # back to vocabulary order
+    return logits.masked_fill(drop, float('-inf'))
+
+
+# %% ../nbs/03_models.ipynb #eb60ed74
+def process_logits(logits: torch.Tensor,     # (..., V) scores, e.g. (B, V) in the loop or (B, A, V) in `Actor.forward`
+                   top_k: int|None = None,   # top-k filter, None/0 = off
+                   top_p: float|None = None, # top-p filter, None/1.0 = off
+                   temperature: float|None = None, # > 0; None means 1.0
+                  ) -> torch.Tensor:
+    "Temperature, then top-k, then top-p: the scores whose softmax is the sampling distribution."
+    t = _check_temperature(temperature)
+    if t != 1.0: logits = logits / t
+    return top_p_filter(top_k_filter(logits, top_k), top_p)
+
+
+# %% ../nbs/03_models.ipynb #01c583fe
+LOGPROB_FLOOR = -1e4   # log-prob given to a token the top-k / top-p filter removed: finite, and exp(LOGPROB_FLOOR) == 0
+
+@patch
+def forward(self: Actor,
+            sequences: torch.LongTensor,   # (B, S) prompt + response
+            num_actions: int,              # A: the response is the last A tokens
+            attention_mask: torch.Tensor|None = None, # (B, S) 1 = real token
+            *,
+            temperature: float|None = None, # log-probs under the sampling distribution: temperature ...
+            top_k: int|None = None,         # ... top-k filter (None/0 = off) ...
+            top_p: float|None = None,       # ... top-p filter (None/1.0 = off), as in `generate` ...
+            min_new_tokens: int = 0,        # ... and EOS forbidden at the first `min_new_tokens` actions ...
+            eos_token_id: int|None = None,  # ... (the EOS id, needed with min_new_tokens)
+           ) -> torch.Tensor:              # (B, A) action log-probs
+    "Log-probabilities of the last `num_actions` tokens of `sequences`, under the model or the sampling distribution."
+    logits = self.action_logits(sequences, num_actions, attention_mask)   # (B, A, V)
+    actions = sequences[:, -num_actions:]                                 # (B, A)
+    if temperature is None and top_k is None and top_p is None and not min_new_tokens:
+        return log_probs_from_logits(logits, actions)                    # (B, A)
+    logits = logits.float()
+    if min_new_tokens:                                                    # as `generate`: no EOS before min_new_tokens
+        if eos_token_id is None: raise ValueError("min_new_tokens needs eos_token_id")
+        logits = logits.clone(); logits[:, :min_new_tokens, eos_token_id] = float('-inf')
+    scores = process_logits(logits, top_k, top_p, temperature)           # (B, A, V), -inf where filtered out
+    lp = scores.log_softmax(-1).gather(-1, actions[..., None]).squeeze(-1)   # (B, A), -inf for a filtered token
+    return torch.where(torch.isfinite(lp), lp, torch.full_like(lp, LOGPROB_FLOOR))
+
 
 # %% ../nbs/03_models.ipynb #2a700b4d
 def make_value_head(hidden_size: int, # d, the width of last_hidden_state
