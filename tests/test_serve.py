@@ -416,6 +416,22 @@ def test_terminal_chat(model_dir):
     assert p.stdout.startswith(first + '\n'), (first, p.stdout)              # the streamed print is the answer
 
 
+
+def test_terminal_chat_serves_a_gptq_checkpoint(tmp_path):
+    "--precision gptq loads a folder written by save_quantized through 12_quant's loader; the answer is the engine's."
+    import torch
+    from coati_nb.inference import load_engine, tiny_chat_model
+    from coati_nb.quant import quantize_model, save_quantized
+    model, tok = tiny_chat_model(max_positions=256)
+    calib = [torch.tensor([tok('Below is an instruction. 你好')['input_ids']])]
+    save_quantized(quantize_model(model, 4, 32, 'gptq', calib), tmp_path/'gptq')
+    p = subprocess.run([sys.executable, '-c', 'from coati_nb.inference import chat_cli; chat_cli()', str(tmp_path/'gptq'),
+                        '--precision', 'gptq', '--max_new_tokens', '6', '--temperature', '0'],
+                       input='你好\n', capture_output=True, text=True, encoding='utf-8', env=ENV, cwd=ROOT, timeout=120)
+    assert p.returncode == 0, p.stderr
+    first = load_engine(tmp_path/'gptq', 'gptq').chat([{'role': 'user', 'content': '你好'}], max_new_tokens=6, temperature=0)
+    assert p.stdout == first + '\n', (first, p.stdout)
+
 # --- the web page in a browser -------------------------------------------------------------------------------------
 
 def test_browser_chat(servers, tmp_path):
