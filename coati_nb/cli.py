@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+import coati_nb.generation                      # Actor.generate (added by 04_generation with @patch): PPO rollouts need it
 from .lora import LoraRankError
 from .dataset import (DataFileError, DataCollatorForPreferenceDataset, DataCollatorForPromptDataset, DataCollatorForSupervisedDataset,
                               HhRlhfDataset, PromptDataset, RmStaticDataset, SFTDataset, SupervisedDataset, read_rows)

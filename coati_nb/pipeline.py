@@ -12,6 +12,7 @@ import torch
 import torch.nn as nn
 from torch.utils.data import Dataset
 
+import coati_nb.generation                      # Actor.generate (added by 04_generation with @patch): answer() and PPO rollouts need it
 from .dataset import (DataCollatorForPreferenceDataset, DataCollatorForPromptDataset,
                               DataCollatorForSupervisedDataset, PromptDataset, RmStaticDataset, SupervisedDataset, read_rows)
 from .models import family_class, tiny_config
