@@ -24,7 +24,8 @@ __all__ = ['MODEL_FAMILIES', 'LOGPROB_FLOOR', 'OPTIONS_FILE', 'GPTActor', 'GPTCr
            'BLOOMCritic', 'BLOOMRM', 'BLOOMLM', 'OPTActor', 'OPTCritic', 'OPTRM', 'OPTLM', 'LlamaActor', 'LlamaCritic',
            'LlamaRM', 'LlamaLM', 'ModelFamily', 'register_family', 'get_family', 'tiny_config', 'load_transformer',
            'position_ids_from_attention_mask', 'Actor', 'top_k_filter', 'top_p_filter', 'process_logits',
-           'make_value_head', 'Critic', 'last_token_index', 'RewardModel', 'LM', 'saved_options', 'family_class']
+           'make_value_head', 'ValueModel', 'Critic', 'last_token_index', 'RewardModel', 'LM', 'saved_options',
+           'family_class']
 
 # %% ../nbs/03_models.ipynb #a008f1cf
 @dataclass(frozen=True)
@@ -319,9 +320,35 @@ def _load_value_head(folder) -> nn.Linear|None:
     head.load_state_dict(sd)
     return head
 
+# %% ../nbs/03_models.ipynb #8f2313c9
+class ValueModel(LoRAModule):
+    "A base transformer with LoRA on the backbone and a value head v_t = w·h_t + b: what Critic and RewardModel share."
+    _head_error = "the value head must output 1 feature, got {}"   # each role words it its own way
+    def __init__(self,
+                 model: nn.Module,                 # a transformers base model (no LM head)
+                 value_head: nn.Module|None = None,# nn.Linear(d, 1); None makes one with N(0, 1/(d+1)) (ColossalChat's RM init)
+                 lora_rank: int = 0,               # LoRA rank of the backbone, 0 = no LoRA
+                 lora_train_bias: str = 'none',    # 'none', 'all' or 'lora_only'
+                 position_ids_from_mask: bool = True, # False: no position ids in forward, as ColossalChat
+                ):
+        _check_lora_args(lora_rank, lora_train_bias)
+        super().__init__(lora_rank=lora_rank, lora_train_bias=lora_train_bias)
+        self.model = model
+        self.position_ids_from_mask = _check_flag('position_ids_from_mask', position_ids_from_mask)
+        self.convert_to_lora()                     # the backbone only: the head is attached afterwards
+        if value_head is not None and getattr(value_head, 'out_features', 1) != 1:
+            raise ValueError(self._head_error.format(value_head.out_features))
+        self.value_head = value_head if value_head is not None else make_value_head(_hidden_size(model.config))
+
+    def values(self, sequences: torch.LongTensor, attention_mask: torch.Tensor|None = None) -> torch.Tensor:
+        "The value head at every position, (B, S)."
+        hidden = self.model(**_forward_kwargs(self.model, sequences, attention_mask, self.position_ids_from_mask)).last_hidden_state  # (B, S, D)
+        return self.value_head(hidden).squeeze(-1)                         # (B, S)
+
 # %% ../nbs/03_models.ipynb #acaefef3
-class Critic(LoRAModule):
+class Critic(ValueModel):
     "Value model: a base transformer plus a value head; a sequence value (ColossalChat) or per-token values."
+    _head_error = "the critic's value head must output 1 feature, got {}"
     def __init__(self,
                  model: nn.Module,                 # a transformers base model (no LM head)
                  value_head: nn.Module|None = None,# nn.Linear(d, 1); None makes one with N(0, 1/(d+1)) (ColossalChat's RM init)
@@ -330,20 +357,8 @@ class Critic(LoRAModule):
                  use_action_mask: bool = False,    # ColossalChat: average the values over the prompt when given an action mask
                  position_ids_from_mask: bool = True, # False: no position ids in forward, as ColossalChat
                 ):
-        _check_lora_args(lora_rank, lora_train_bias)
-        super().__init__(lora_rank=lora_rank, lora_train_bias=lora_train_bias)
-        self.model = model
+        super().__init__(model, value_head, lora_rank, lora_train_bias, position_ids_from_mask)
         self.use_action_mask = _check_flag('use_action_mask', use_action_mask)
-        self.position_ids_from_mask = _check_flag('position_ids_from_mask', position_ids_from_mask)
-        self.convert_to_lora()                     # the backbone only: the head is attached afterwards
-        if value_head is not None and getattr(value_head, 'out_features', 1) != 1:
-            raise ValueError(f"the critic's value head must output 1 feature, got {value_head.out_features}")
-        self.value_head = value_head if value_head is not None else make_value_head(_hidden_size(model.config))
-
-    def values(self, sequences: torch.LongTensor, attention_mask: torch.Tensor|None = None) -> torch.Tensor:
-        "The value head at every position, (B, S)."
-        hidden = self.model(**_forward_kwargs(self.model, sequences, attention_mask, self.position_ids_from_mask)).last_hidden_state  # (B, S, D)
-        return self.value_head(hidden).squeeze(-1)                         # (B, S)
 
     def forward(self,
                 sequences: torch.LongTensor,               # (B, S) prompt + response
@@ -381,8 +396,9 @@ def last_token_index(attention_mask: torch.Tensor, # (B, S) 1 = real token; left
     return last
 
 # %% ../nbs/03_models.ipynb #e7f6e745
-class RewardModel(LoRAModule):
+class RewardModel(ValueModel):
     "Reward model: a base transformer plus a value head, pooled into one score per sequence."
+    _head_error = "The value head of reward model's output dim should be 1, got {}"   # ColossalChat's wording
     def __init__(self,
                  model: nn.Module,                 # a transformers base model (no LM head)
                  value_head: nn.Module|None = None,# nn.Linear(d, 1); None makes one with ColossalChat's init
@@ -391,24 +407,17 @@ class RewardModel(LoRAModule):
                  pooling: str = 'last',            # 'last' real token (corrected) or 'mean' (ColossalChat)
                  position_ids_from_mask: bool = True, # False: no position ids in forward, as ColossalChat
                 ):
-        _check_lora_args(lora_rank, lora_train_bias)
+        _check_lora_args(lora_rank, lora_train_bias)    # LoRA errors first, as ColossalChat
         if pooling not in ('last', 'mean'): raise ValueError(f"pooling must be 'last' or 'mean', got {pooling!r}")
-        super().__init__(lora_rank=lora_rank, lora_train_bias=lora_train_bias)
-        self.model = model
+        super().__init__(model, value_head, lora_rank, lora_train_bias, position_ids_from_mask)
         self.pooling = pooling
-        self.position_ids_from_mask = _check_flag('position_ids_from_mask', position_ids_from_mask)
-        self.convert_to_lora()                     # the backbone only: the head is attached afterwards
-        if value_head is not None and getattr(value_head, 'out_features', 1) != 1:
-            raise ValueError(f"The value head of reward model's output dim should be 1, got {value_head.out_features}")
-        self.value_head = value_head if value_head is not None else make_value_head(_hidden_size(model.config))
 
     def forward(self,
                 sequences: torch.LongTensor,              # (B, S) prompt + response
                 attention_mask: torch.Tensor|None = None, # (B, S) 1 = real token
                ) -> torch.Tensor:                         # (B,) rewards
         "One reward per sequence."
-        hidden = self.model(**_forward_kwargs(self.model, sequences, attention_mask, self.position_ids_from_mask)).last_hidden_state  # (B, S, D)
-        values = self.value_head(hidden).squeeze(-1)                         # (B, S)
+        values = self.values(sequences, attention_mask)                      # (B, S)
         if self.pooling == 'mean': return values[:, :-1].mean(dim=1)         # ColossalChat: padding included
         if attention_mask is None: return values[:, -1]
         return values.gather(1, last_token_index(attention_mask)[:, None]).squeeze(1)   # (B,)
@@ -424,34 +433,14 @@ class LM(Actor):
         return self.model(**_forward_kwargs(self.model, sequences, attention_mask, self.position_ids_from_mask)).logits
 
 # %% ../nbs/03_models.ipynb #0e36d169
-@torch.no_grad()
-def _effective_weight(layer: nn.Module, in_features: int) -> tuple[torch.Tensor, torch.Tensor]:
-    "(W, b) of the affine map a linear-like layer computes, found by probing it: W (out, in), b (out,)."
-    was_training = layer.training
-    layer.eval()                                                   # no dropout while probing
-    try:
-        p = next(layer.parameters())
-        eye = torch.eye(in_features, device=p.device, dtype=p.dtype)   # (in, in)
-        b = layer(torch.zeros(1, in_features, device=p.device, dtype=p.dtype))[0]   # (out,)
-        W = (layer(eye) - b).T                                          # (out, in)
-    finally:
-        layer.train(was_training)
-    return W, b
-
 def _plain_state_dict(model: nn.Module) -> dict:
-    "The state dict of `model` with every LoraLinear replaced by its merged weight, under the plain transformers names."
+    "The state dict of `model` with every LoraLinear replaced by `merged_layer()` (01_lora's merge), under the plain transformers names."
     sd = model.state_dict()
     for name, layer in model.named_modules():
         if not isinstance(layer, LoraLinear): continue
         prefix = f'{name}.'
-        own = {k: v for k, v in sd.items() if k.startswith(prefix)}
-        weight = next(v for k, v in own.items() if k.endswith('weight') and 'lora_' not in k)
-        has_bias = any(k.endswith('bias') and 'lora_' not in k for k in own)
-        fan_in_fan_out = bool(getattr(layer, 'fan_in_fan_out', False))   # Conv1D layout (in, out), as in GPT-2
-        W, b = _effective_weight(layer, weight.size(0) if fan_in_fan_out else weight.size(1))
-        for k in own: del sd[k]
-        sd[prefix + 'weight'] = (W.T if fan_in_fan_out else W).contiguous().to(weight.dtype)
-        if has_bias: sd[prefix + 'bias'] = b.to(weight.dtype)
+        for k in [k for k in sd if k.startswith(prefix)]: del sd[k]           # weight, bias, lora_A, lora_B
+        for k, v in layer.merged_layer().state_dict().items(): sd[prefix + k] = v   # W + ΔW (and b), the layer's own layout
     return sd
 
 def _merge_untied_lm_head(model: nn.Module, state_dict: dict) -> bool:
@@ -463,7 +452,25 @@ def _merge_untied_lm_head(model: nn.Module, state_dict: dict) -> bool:
     ko, ki = names[id(out)] + '.weight', names[id(inp)] + '.weight'
     return ko in state_dict and ki in state_dict and not torch.equal(state_dict[ko], state_dict[ki])
 
-def _save_pretrained(self, save_directory: str|Path):
+
+# %% ../nbs/03_models.ipynb #d8cbfb3e
+OPTIONS_FILE = 'coati_nb_options.json'   # the options that change a model's output, written beside the weights
+_SAVED_OPTIONS = ('pooling', 'use_action_mask', 'position_ids_from_mask')
+
+def saved_options(folder) -> dict:
+    "The options saved by `save_pretrained` in `folder`, or {} for a folder without them (e.g. a plain HF model)."
+    f = Path(folder) / OPTIONS_FILE
+    if not f.is_file(): return {}
+    try: data = json.loads(f.read_text(encoding='utf-8'))
+    except ValueError as e: raise ValueError(f"{f} is not valid JSON: {e}") from None
+    if not isinstance(data, dict) or not isinstance(data.get('options'), dict):
+        raise ValueError(f"{f} is not a coati_nb options file: expected {{'role': ..., 'options': {{...}}}}")
+    return data['options']
+
+
+# %% ../nbs/03_models.ipynb #ef0eeb4a
+@patch
+def save_pretrained(self: Actor|ValueModel, save_directory: str|Path):
     "Write the backbone (Hugging Face format, LoRA merged) and, if there is one, the value head."
     save_directory = Path(save_directory)
     save_directory.mkdir(parents=True, exist_ok=True)
@@ -480,20 +487,6 @@ def _save_pretrained(self, save_directory: str|Path):
     options = {k: getattr(self, k) for k in _SAVED_OPTIONS if hasattr(self, k)}
     (save_directory / OPTIONS_FILE).write_text(json.dumps({'role': type(self).__name__, 'options': options}, indent=1))
 
-OPTIONS_FILE = 'coati_nb_options.json'   # the options that change a model's output, written beside the weights
-_SAVED_OPTIONS = ('pooling', 'use_action_mask', 'position_ids_from_mask')
-
-def saved_options(folder) -> dict:
-    "The options saved by `save_pretrained` in `folder`, or {} for a folder without them (e.g. a plain HF model)."
-    f = Path(folder) / OPTIONS_FILE
-    if not f.is_file(): return {}
-    try: data = json.loads(f.read_text(encoding='utf-8'))
-    except ValueError as e: raise ValueError(f"{f} is not valid JSON: {e}") from None
-    if not isinstance(data, dict) or not isinstance(data.get('options'), dict):
-        raise ValueError(f"{f} is not a coati_nb options file: expected {{'role': ..., 'options': {{...}}}}")
-    return data['options']
-
-for _cls in (Actor, Critic, RewardModel): _cls.save_pretrained = _save_pretrained
 
 # %% ../nbs/03_models.ipynb #a59ae65c
 _ROLES = {'actor': (Actor, 'Actor', 'causal_lm'), 'critic': (Critic, 'Critic', 'base'),
