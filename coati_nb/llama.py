@@ -14,7 +14,7 @@ import torch.nn.functional as F
 # %% auto #0
 __all__ = ['rope_theta', 'RMSNorm', 'RotaryEmbedding', 'rotate_half', 'apply_rotary', 'SwiGLU', 'causal_mask', 'KVCache',
            'repeat_kv', 'Attention', 'DecoderLayer', 'LlamaOutput', 'TinyLlama', 'hf_key_to_ours', 'from_hf',
-           'greedy_generate', 'llama_param_counts']
+           'llama_param_counts']
 
 # %% ../nbs/03a_llama.ipynb #f222796e
 def rope_theta(config) -> float:
@@ -333,38 +333,6 @@ def from_hf(hf_model: nn.Module,  # a transformers LlamaForCausalLM
     model = TinyLlama(hf_model.config).to(device=p.device, dtype=p.dtype)
     model.load_state_dict(sd, strict=True)
     return model.train(hf_model.training)
-
-# %% ../nbs/03a_llama.ipynb #05f3f0b7
-@torch.no_grad()
-def greedy_generate(model: TinyLlama,                       # the model to decode with
-                    input_ids: torch.Tensor,                # (B, S0) prompt ids, left-padded
-                    max_new_tokens: int,                    # number of tokens to generate
-                    attention_mask: torch.Tensor|None = None, # (B, S0) prompt mask (None = all real)
-                    eos_token_id: int|None = None,          # stop a sample after this token
-                    pad_token_id: int|None = None,          # emitted after EOS; required with eos_token_id
-                    use_cache: bool = True,                 # KV cache, or re-run the whole sequence each step
-                   ) -> torch.Tensor:
-    "Greedy decoding; returns (B, S0 + new) ids: the prompt followed by the generated tokens."
-    if max_new_tokens < 1: raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-    if eos_token_id is not None and pad_token_id is None:
-        raise ValueError("eos_token_id is set but pad_token_id is None: finished samples need a pad id to emit")
-    mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask.long()   # (B, S0)
-    seqs, cache = input_ids, None
-    done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)        # (B,)
-    for step in range(max_new_tokens):
-        if cache is None:   # prefill (or, without a cache, the whole sequence every step)
-            out = model(seqs, attention_mask=mask, use_cache=use_cache, logits_to_keep=1)
-        else:               # decode: one new token, positions continue from the mask
-            out = model(seqs[:, -1:], attention_mask=mask, past_key_values=cache, logits_to_keep=1)
-        cache = out.past_key_values
-        nxt = out.logits[:, -1].argmax(-1)                                     # (B,)
-        if eos_token_id is not None:
-            nxt = nxt.masked_fill(done, pad_token_id)
-            done |= nxt == eos_token_id
-        seqs = torch.cat([seqs, nxt[:, None]], dim=1)                          # (B, S+1)
-        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)          # (B, S+1)
-        if eos_token_id is not None and done.all(): break
-    return seqs
 
 # %% ../nbs/03a_llama.ipynb #bf34074e
 def llama_param_counts(config,   # a transformers LlamaConfig
