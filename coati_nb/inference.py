@@ -13,8 +13,8 @@ import torch.nn as nn
 from fastcore.basics import patch
 from safetensors import SafetensorError
 
-from .generation import _check_temperature, decode_steps
-from .models import get_family, tiny_config
+from .generation import decode_steps
+from .models import _check_temperature, get_family, tiny_config
 from .quant import BNB_QUANT, bnb_available, load_quantized_model
 from .tokenizer import load_tokenizer
 from .prompts import (   # the chat prompt (04a_prompts); these names are also importable from here
