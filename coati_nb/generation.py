@@ -99,6 +99,8 @@ class DecodeStep(NamedTuple):
     scores: torch.Tensor   # (B, V) the logits the tokens were drawn from (after temperature / top-k / top-p)
     alive: torch.Tensor    # (B,) bool: the row had not finished when this token was produced
 
+
+# %% ../nbs/04_generation.ipynb #2d2d5b32
 @torch.no_grad()
 def decode_steps(model: nn.Module,              # a causal LM, or an object with `get_base_model()` returning one
                  input_ids: torch.Tensor,       # (B, S0) left-padded prompt ids
@@ -135,6 +137,7 @@ def decode_steps(model: nn.Module,              # a causal LM, or an object with
         if eos_token_id is not None: unfinished &= tokens != eos_token_id
         yield DecodeStep(tokens, scores, alive)
         if early_stopping and _all_finished(unfinished): return              # 4. everyone is done
+
 
 # %% ../nbs/04_generation.ipynb #93cad3cc
 def _check_generate_args(input_ids, max_length, max_new_tokens, min_new_tokens, num_beams, do_sample, temperature,

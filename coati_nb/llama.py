@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from fastcore.basics import patch
 
 # %% auto #0
 __all__ = ['rope_theta', 'RMSNorm', 'RotaryEmbedding', 'rotate_half', 'apply_rotary', 'SwiGLU', 'causal_mask', 'KVCache',
@@ -185,25 +186,29 @@ class Attention(nn.Module):
         self.wv = nn.Linear(dim, self.n_kv_heads * self.head_dim, bias=bias)
         self.wo = nn.Linear(self.n_heads * self.head_dim, dim, bias=bias)
 
-    def forward(self, x: torch.Tensor,                # (B, T, C)
-                cos: torch.Tensor, sin: torch.Tensor, # (B, T, D) RoPE tables of the T new positions
-                mask: torch.Tensor|None = None,       # (B or 1, 1, T, P+T) boolean; None = causal, no padding
-                cache: KVCache|None = None,           # keys/values of earlier positions, updated in place
-               ) -> torch.Tensor:
-        B, T, _ = x.shape
-        q = self.wq(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)      # (B, H, T, D)
-        k = self.wk(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)   # (B, Hkv, T, D)
-        v = self.wv(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)   # (B, Hkv, T, D)
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        if cache is not None: k, v = cache.update(self.layer_idx, k, v)             # (B, Hkv, P+T, D)
-        if mask is None: mask = causal_mask(T, k.shape[2] - T, device=x.device)      # (1, 1, T, P+T)
-        k, v = repeat_kv(k, self.n_rep), repeat_kv(v, self.n_rep)                   # (B, H, P+T, D)
-        scores = q @ k.transpose(-2, -1) / math.sqrt(self.head_dim)                 # (B, H, T, P+T)
-        scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
-        probs = scores.float().softmax(dim=-1).to(q.dtype)                          # (B, H, T, P+T)
-        probs = F.dropout(probs, p=self.dropout, training=self.training)
-        out = (probs @ v).transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim)   # (B, T, H*D)
-        return self.wo(out)                                                          # (B, T, C)
+
+# %% ../nbs/03a_llama.ipynb #a39d518b
+@patch
+def forward(self: Attention, x: torch.Tensor,                # (B, T, C)
+            cos: torch.Tensor, sin: torch.Tensor, # (B, T, D) RoPE tables of the T new positions
+            mask: torch.Tensor|None = None,       # (B or 1, 1, T, P+T) boolean; None = causal, no padding
+            cache: KVCache|None = None,           # keys/values of earlier positions, updated in place
+           ) -> torch.Tensor:
+    B, T, _ = x.shape
+    q = self.wq(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)      # (B, H, T, D)
+    k = self.wk(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)   # (B, Hkv, T, D)
+    v = self.wv(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)   # (B, Hkv, T, D)
+    q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+    if cache is not None: k, v = cache.update(self.layer_idx, k, v)             # (B, Hkv, P+T, D)
+    if mask is None: mask = causal_mask(T, k.shape[2] - T, device=x.device)      # (1, 1, T, P+T)
+    k, v = repeat_kv(k, self.n_rep), repeat_kv(v, self.n_rep)                   # (B, H, P+T, D)
+    scores = q @ k.transpose(-2, -1) / math.sqrt(self.head_dim)                 # (B, H, T, P+T)
+    scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+    probs = scores.float().softmax(dim=-1).to(q.dtype)                          # (B, H, T, P+T)
+    probs = F.dropout(probs, p=self.dropout, training=self.training)
+    out = (probs @ v).transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim)   # (B, T, H*D)
+    return self.wo(out)                                                          # (B, T, C)
+
 
 # %% ../nbs/03a_llama.ipynb #826f8349
 class DecoderLayer(nn.Module):
@@ -264,7 +269,10 @@ def _positions(attention_mask, past_len, B, T, device):
     pos = attention_mask.long().cumsum(-1) - 1                        # (B, P+T)
     return pos.clamp(min=0)[:, -T:]                                   # (B, T); padding gets 0, never attended
 
-def _forward(self: TinyLlama,
+
+# %% ../nbs/03a_llama.ipynb #1fbde601
+@patch
+def forward(self: TinyLlama,
              input_ids: torch.Tensor,                     # (B, T) token ids
              attention_mask: torch.Tensor|None = None,    # (B, P+T) 1 = real, 0 = padding (cache included)
              position_ids: torch.Tensor|None = None,      # (B, T) or (1, T); default from the mask or the cache
@@ -300,7 +308,6 @@ def _forward(self: TinyLlama,
     h = self.norm(h[:, -logits_to_keep:] if logits_to_keep else h)   # (B, T', C)
     return LlamaOutput(logits=self.output(h), past_key_values=cache)  # logits (B, T', V)
 
-TinyLlama.forward = _forward
 
 # %% ../nbs/03a_llama.ipynb #23ca00d6
 _HF_TO_OURS = [  # (regex on the transformers key, replacement)

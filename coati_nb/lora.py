@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from fastcore.basics import patch
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
@@ -99,58 +100,72 @@ class LoraLinear(nn.Module):
         nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
         nn.init.zeros_(self.lora_B)
 
-    def delta_weight(self) -> torch.Tensor:
-        "The update (lora_alpha/r)·B·A in the layout of `weight`: (out, in), or (in, out) with fan_in_fan_out."
-        d = (self.lora_B @ self.lora_A) * self.scaling                  # (out, in)
-        return d.T if self.fan_in_fan_out else d
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:                 # (..., in) -> (..., out)
-        W = self.weight.T if self.fan_in_fan_out else self.weight       # (out, in)
-        y = F.linear(x, W, self.bias)                                   # (..., out)
-        if self.merged: return y                                        # the update is already inside W
-        h = F.linear(self.lora_dropout(x), self.lora_A)                 # (..., r)
-        return y + F.linear(h, self.lora_B) * self.scaling              # (..., out)
+# %% ../nbs/01_lora.ipynb #dbe96b08
+@patch
+def delta_weight(self: LoraLinear) -> torch.Tensor:
+    "The update (lora_alpha/r)·B·A in the layout of `weight`: (out, in), or (in, out) with fan_in_fan_out."
+    d = (self.lora_B @ self.lora_A) * self.scaling                  # (out, in)
+    return d.T if self.fan_in_fan_out else d
 
-    @torch.no_grad()
-    def merge(self) -> LoraLinear:
-        "Fold the update into the weight (W ← W + ΔW, as a new tensor); forward then skips the LoRA branch. No-op if merged."
-        if not self.merged:
-            self.weight = nn.Parameter(_add_fp32(self.weight, self.delta_weight(), +1), requires_grad=self.weight.requires_grad)
-            self.merged = True
-        return self
+@patch
+def forward(self: LoraLinear, x: torch.Tensor) -> torch.Tensor:                 # (..., in) -> (..., out)
+    W = self.weight.T if self.fan_in_fan_out else self.weight       # (out, in)
+    y = F.linear(x, W, self.bias)                                   # (..., out)
+    if self.merged: return y                                        # the update is already inside W
+    h = F.linear(self.lora_dropout(x), self.lora_A)                 # (..., r)
+    return y + F.linear(h, self.lora_B) * self.scaling              # (..., out)
 
-    @torch.no_grad()
-    def unmerge(self) -> LoraLinear:
-        "Take the update out of the weight again (W ← W − ΔW, as a new tensor). No-op if not merged."
-        if self.merged:
-            self.weight = nn.Parameter(_add_fp32(self.weight, self.delta_weight(), -1), requires_grad=self.weight.requires_grad)
-            self.merged = False
-        return self
 
-    def train(self, mode: bool = True) -> LoraLinear:
-        "Set training mode; only with merge_weights=True also unmerge (train) or merge (eval), as ColossalChat does."
-        super().train(mode)
-        if self.merge_weights: self.unmerge() if mode else self.merge()
-        return self
+# %% ../nbs/01_lora.ipynb #7da60d6b
+@patch
+@torch.no_grad()
+def merge(self: LoraLinear) -> LoraLinear:
+    "Fold the update into the weight (W ← W + ΔW, as a new tensor); forward then skips the LoRA branch. No-op if merged."
+    if not self.merged:
+        self.weight = nn.Parameter(_add_fp32(self.weight, self.delta_weight(), +1), requires_grad=self.weight.requires_grad)
+        self.merged = True
+    return self
 
-    @torch.no_grad()
-    def merged_layer(self) -> nn.Module:
-        "A plain nn.Linear (Conv1D if fan_in_fan_out) computing this layer's function with weight W + ΔW; self is unchanged."
-        W = self.weight.detach().clone() if self.merged else _add_fp32(self.weight, self.delta_weight(), +1)
-        with torch.device('meta'):                                      # no allocation, no random init
-            if self.fan_in_fan_out:
-                from transformers.pytorch_utils import Conv1D
-                layer = Conv1D(self.out_features, self.in_features)     # Conv1D(nf=out, nx=in), weight (in, out)
-            else:
-                layer = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None)
-        layer.weight = nn.Parameter(W, requires_grad=self.weight.requires_grad)
-        if self.bias is not None: layer.bias = nn.Parameter(self.bias.detach().clone(), requires_grad=self.bias.requires_grad)
-        else: layer.bias = None
-        return layer
+@patch
+@torch.no_grad()
+def unmerge(self: LoraLinear) -> LoraLinear:
+    "Take the update out of the weight again (W ← W − ΔW, as a new tensor). No-op if not merged."
+    if self.merged:
+        self.weight = nn.Parameter(_add_fp32(self.weight, self.delta_weight(), -1), requires_grad=self.weight.requires_grad)
+        self.merged = False
+    return self
 
-    def extra_repr(self) -> str:
-        return (f"in_features={self.in_features}, out_features={self.out_features}, r={self.r}, lora_alpha={self.lora_alpha}, "
-                f"fan_in_fan_out={self.fan_in_fan_out}, merge_weights={self.merge_weights}, merged={self.merged}")
+@patch
+def train(self: LoraLinear, mode: bool = True) -> LoraLinear:
+    "Set training mode; only with merge_weights=True also unmerge (train) or merge (eval), as ColossalChat does."
+    nn.Module.train(self, mode)
+    if self.merge_weights: self.unmerge() if mode else self.merge()
+    return self
+
+
+# %% ../nbs/01_lora.ipynb #70c91c22
+@patch
+@torch.no_grad()
+def merged_layer(self: LoraLinear) -> nn.Module:
+    "A plain nn.Linear (Conv1D if fan_in_fan_out) computing this layer's function with weight W + ΔW; self is unchanged."
+    W = self.weight.detach().clone() if self.merged else _add_fp32(self.weight, self.delta_weight(), +1)
+    with torch.device('meta'):                                      # no allocation, no random init
+        if self.fan_in_fan_out:
+            from transformers.pytorch_utils import Conv1D
+            layer = Conv1D(self.out_features, self.in_features)     # Conv1D(nf=out, nx=in), weight (in, out)
+        else:
+            layer = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None)
+    layer.weight = nn.Parameter(W, requires_grad=self.weight.requires_grad)
+    if self.bias is not None: layer.bias = nn.Parameter(self.bias.detach().clone(), requires_grad=self.bias.requires_grad)
+    else: layer.bias = None
+    return layer
+
+@patch
+def extra_repr(self: LoraLinear) -> str:
+    return (f"in_features={self.in_features}, out_features={self.out_features}, r={self.r}, lora_alpha={self.lora_alpha}, "
+            f"fan_in_fan_out={self.fan_in_fan_out}, merge_weights={self.merge_weights}, merged={self.merged}")
+
 
 # %% ../nbs/01_lora.ipynb #18685c1e
 LORA_TRAIN_BIAS = ('none', 'all', 'lora_only')
@@ -193,6 +208,8 @@ def _set_submodule(root: nn.Module, name: str, new: nn.Module):
     parent, _, leaf = name.rpartition('.')
     setattr(root.get_submodule(parent) if parent else root, leaf, new)
 
+
+# %% ../nbs/01_lora.ipynb #df37b7e8
 def convert_to_lora_module(module: nn.Module,        # any model; its nn.Linear (and Conv1D) layers get LoRA
                            lora_rank: int,            # r; 0 returns the module unchanged (ColossalChat's convention)
                            lora_train_bias: str = 'none', # 'none', 'all' or 'lora_only' (see mark_only_lora_as_trainable)
@@ -227,6 +244,7 @@ def convert_to_lora_module(module: nn.Module,        # any model; its nn.Linear 
         if name == '': module = LoraLinear(module, **kw)      # the module itself is a linear layer
         else: _set_submodule(module, name, LoraLinear(module.get_submodule(name), **kw))
     return mark_only_lora_as_trainable(module, lora_train_bias)
+
 
 # %% ../nbs/01_lora.ipynb #a87ddb65
 class LoRAModule(nn.Module):
@@ -348,6 +366,8 @@ def _infer_train_bias(hf: nn.Module, layers: dict) -> str:
     if any(id(p) not in lora_biases for p in trainable): return 'all'
     return 'lora_only' if trainable else 'none'
 
+
+# %% ../nbs/01_lora.ipynb #db208e2e
 def save_lora_as_peft(model: nn.Module,        # a transformers model with LoraLinear layers, or a LoRAModule wrapping one as `.model`
                       path: str|Path,          # output folder (created if missing)
                       base_model_name_or_path: str|None = None, # written to the config: where the base model lives
@@ -386,6 +406,7 @@ def save_lora_as_peft(model: nn.Module,        # a transformers model with LoraL
         tmp.write_text(json.dumps(config, indent=2) + '\n')
     return path
 
+
 # %% ../nbs/01_lora.ipynb #77556c68
 def _pattern_value(name: str, pattern: dict, default):
     "PEFT's rank_pattern / alpha_pattern lookup: the first key matching the end of the module name."
@@ -393,6 +414,8 @@ def _pattern_value(name: str, pattern: dict, default):
         if re.match(rf'(.*\.)?({key})$', name): return value
     return default
 
+
+# %% ../nbs/01_lora.ipynb #a3483083
 def load_lora_from_peft(model: nn.Module, # the base model the adapter was made for (or a LoRAModule wrapping it)
                         path: str|Path,   # folder with adapter_config.json and adapter_model.safetensors
                        ) -> nn.Module:
@@ -434,6 +457,7 @@ def load_lora_from_peft(model: nn.Module, # the base model the adapter was made 
             raise ValueError(f"{w_file}: {name!r} differs from the model's: the adapter was made for another base model")
     return model
 
+
 # %% ../nbs/01_lora.ipynb #85e09e2c
 def _demo_llama():
     "A tiny LLaMA (vocab 128, width 32, 2 layers) built from a config, with a fixed seed and no download."
@@ -460,6 +484,8 @@ def _plot_losses(fits: dict, png: Path):
     fig.tight_layout()
     with atomic_write(png) as tmp: fig.savefig(tmp, format='png', dpi=100)
 
+
+# %% ../nbs/01_lora.ipynb #951b18e4
 def lora_demo(out_dir: str|Path = 'runs/demo', # folder for lora_fit.png and metrics.json (created)
               steps: int = 300,                # Adam steps per fit
               seed: int = 0,                   # seed of the teacher, the initialisation and the data
@@ -491,6 +517,8 @@ def lora_demo(out_dir: str|Path = 'runs/demo', # folder for lora_fit.png and met
         print(f"\nwrote {png} and {metrics} in {result['seconds']:.1f} s")
     return result
 
+
+# %% ../nbs/01_lora.ipynb #ee03c066
 def _positive_int(s: str) -> int:
     try: v = int(s)
     except ValueError: raise argparse.ArgumentTypeError(f"expected a positive integer, got {s!r}") from None
@@ -509,3 +537,4 @@ def lora_demo_cli(argv: list[str]|None = None, # command-line arguments; None re
     p.add_argument('--seed', type=int, default=0, help='random seed (default: 0)')
     a = p.parse_args(argv)
     lora_demo(a.out, steps=a.steps, seed=a.seed)
+

@@ -104,6 +104,8 @@ def _enable_checkpointing(model: nn.Module):
     else:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kw)
 
+
+# %% ../nbs/03_models.ipynb #687e68f9
 def load_transformer(family: str,                  # a registered family, e.g. 'gpt2'
                      kind: str,                    # 'causal_lm' (with LM head) or 'base' (no head)
                      pretrained: str|Path|None = None, # local folder written by save_pretrained
@@ -138,6 +140,7 @@ def load_transformer(family: str,                  # a registered family, e.g. '
                          "building a full-size default model silently is not supported")
     if checkpoint: _enable_checkpointing(model)
     return model
+
 
 # %% ../nbs/03_models.ipynb #62968ebe
 def position_ids_from_attention_mask(attention_mask: torch.Tensor, # (B, S) 1 for real tokens, 0 for padding
