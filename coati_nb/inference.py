@@ -25,7 +25,7 @@ from .utils import cli_errors, get_dtype, module_device
 
 # %% auto #0
 __all__ = ['PRECISIONS', 'BNB_4BIT', 'IncrementalDecoder', 'StopFilter', 'apply_repetition_penalty', 'stream_tokens',
-           'load_chat_model', 'tiny_chat_model', 'ChatStream', 'ChatEngine', 'load_engine', 'chat_cli', 'serve_cli']
+           'load_chat_model', 'tiny_chat_model', 'ChatStream', 'ChatEngine', 'load_engine', 'chat_cli']
 
 # %% ../nbs/13_inference.ipynb #9de7c3d3
 class IncrementalDecoder:
@@ -329,10 +329,3 @@ def chat_cli(argv: list[str]|None = None): # command-line arguments (None: sys.a
         history, turn = messages + [{'role': 'assistant', 'content': ''.join(pieces)}], turn + 1
         if a.stats: print(f"[prompt_tokens={s.prompt_tokens} completion_tokens={s.completion_tokens} "
                           f"dropped_turns={s.prompt.dropped_turns} finish_reason={s.finish_reason}]", file=sys.stderr, flush=True)
-
-# %% ../nbs/13_inference.ipynb #a11d24a4
-def serve_cli(argv: list[str]|None = None): # command-line arguments (None: sys.argv[1:])
-    "compat: moved to serve (coati_nb.serve.serve_cli); kept while settings.ini's coati_nb_serve points here."
-    import importlib
-    return importlib.import_module('coati_nb.serve').serve_cli(argv)   # compat: moved to serve
-
