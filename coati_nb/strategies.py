@@ -4,7 +4,7 @@
 
 # %% ../nbs/08_strategies.ipynb #1244ee44
 from __future__ import annotations
-import atexit, contextlib, inspect, os, shutil, tempfile
+import atexit, contextlib, inspect, os, shutil, tempfile, warnings
 from abc import ABC, abstractmethod
 from pathlib import Path
 
@@ -12,9 +12,10 @@ import torch
 import torch.nn as nn
 import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler
+from fastcore.basics import patch
 from safetensors.torch import load_model as _st_load_model, save_model as _st_save_model
 
-from .utils import atomic_write, get_rank, get_world_size, set_seed
+from .utils import atomic_write, get_rank, get_world_size, module_device, set_seed
 
 # %% auto #0
 __all__ = ['STRATEGY_NAMES', 'zero_model_states_bytes', 'Strategy', 'NaiveStrategy', 'DDPStrategy', 'ColossalAIStrategy',
@@ -83,10 +84,6 @@ def _checkpoint_format(path: Path) -> str:
     if head[:2] == b'PK' or head[:1] == b'\x80': return 'torch'
     raise ValueError(f"{path} is neither a safetensors file nor a torch checkpoint")
 
-def _device_of(module: nn.Module) -> torch.device:
-    p = next(module.parameters(), None)
-    return p.device if p is not None else torch.device('cpu')
-
 def _load_weights(module: nn.Module, # the (unwrapped) model to fill
                   path: Path,         # a safetensors file or a legacy torch state dict
                   strict: bool = True, # every key must match
@@ -94,7 +91,7 @@ def _load_weights(module: nn.Module, # the (unwrapped) model to fill
     "Load the weights at `path` into `module`, whatever their format."
     try:
         if _checkpoint_format(path) == 'safetensors':
-            _st_load_model(module, str(path), strict=strict, device=str(_device_of(module)))
+            _st_load_model(module, str(path), strict=strict, device=str(module_device(module)))
             return
         sd = torch.load(path, map_location='cpu', weights_only=True)
         if not isinstance(sd, dict): raise ValueError(f"{path} holds a {type(sd).__name__}, not a state dict")
@@ -142,6 +139,15 @@ class Strategy(ABC):
     def zero_grad(self, optimizer: torch.optim.Optimizer) -> None:
         "Clear the gradients of `optimizer`'s parameters."
         optimizer.zero_grad()
+
+    def clip_grad_norm(self, model: nn.Module, # the prepared model (unused here; engines that clip per model need it)
+                       optimizer: torch.optim.Optimizer, # the prepared optimizer: its parameters are clipped
+                       max_norm: float,        # the largest total gradient norm allowed
+                       norm_type: float = 2.0, # the norm used
+                      ) -> torch.Tensor|None:
+        "Scale the gradients of `optimizer`'s parameters to a total norm of at most `max_norm`; returns the norm before."
+        # every rank holds the full (DDP: averaged) gradients, so clipping them locally is the same on every rank
+        return torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g['params']], max_norm, norm_type)
 
     def model_init_context(self):
         "A context manager to build models in (lazy or sharded initialisation where the strategy supports it)."
@@ -560,6 +566,16 @@ class ColossalAIStrategy(Strategy):
             link = Path(d)/'optim.bin'
             link.symlink_to(path.resolve())
             self.booster.load_optimizer(optimizer, str(link))
+
+# %% ../nbs/08_strategies.ipynb #ee6a1333
+@patch
+def clip_grad_norm(self: ColossalAIStrategy, model, optimizer, max_norm: float, norm_type: float = 2.0):
+    "Stage 0: the wrapped optimizer clips (unscaling first); ZeRO / Gemini clip inside `step` to the strategy's `max_norm`."
+    if self.stage == 0: return optimizer.clip_grad_by_norm(max_norm, norm_type)
+    if max_norm != self.max_norm:
+        warnings.warn(f"ZeRO stage {self.stage} clips inside the optimizer to ColossalAIStrategy(max_norm={self.max_norm}); "
+                      f"the trainer's max_norm={max_norm} is not applied: pass it to the strategy")
+    return None
 
 # %% ../nbs/08_strategies.ipynb #556c118b
 STRATEGY_NAMES = ('naive', 'ddp', 'colossalai_zero2', 'colossalai_zero2_cpu', 'colossalai_gemini')

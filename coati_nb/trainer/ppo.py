@@ -4,22 +4,23 @@
 
 # %% ../../nbs/11_ppo.ipynb #9db3c0d1
 from __future__ import annotations
-import contextlib, json, os, random
-from dataclasses import dataclass
+import contextlib
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Iterable
 
 import torch
 import torch.nn as nn
+from fastcore.basics import patch
 
 from ..experience_maker import EXPERIENCE_PRESETS, Experience, NaiveExperienceMaker, eval_mode, sampling_kwargs
 from ..loss import GPTLMLoss, PolicyLoss, ValueLoss
 from ..replay_buffer import NaiveReplayBuffer
-from .base import Callback, MetricsLogger, latest_checkpoint, load_checkpoint, save_checkpoint
-from ..utils import atomic_write, is_rank_0
+from .base import (Callback, MetricsLogger, Trainer, latest_checkpoint, load_checkpoint, save_checkpoint,
+                                   truncate_metrics)
+from ..utils import is_rank_0, module_device
 
 # %% auto #0
-__all__ = ['PPO_PRESETS', 'DataStream', 'ppo_preset', 'PPOTrainer', 'training_step', 'fit']
+__all__ = ['PPO_PRESETS', 'DataStream', 'ppo_preset', 'PPOTrainer']
 
 # %% ../../nbs/11_ppo.ipynb #ca18eaa7
 class DataStream:
@@ -107,9 +108,6 @@ def ppo_preset(name: str,          # 'coati' or 'corrected'
 def _unwrap(strategy, model: nn.Module) -> nn.Module:
     return strategy.unwrap_model(model) if strategy is not None else model
 
-def _device_of(model: nn.Module) -> torch.device:
-    return next(model.parameters()).device
-
 def _trainable(model: nn.Module) -> list[nn.Parameter]:
     return [p for p in model.parameters() if p.requires_grad]
 
@@ -118,7 +116,7 @@ def _check_positive(**kw):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1: raise ValueError(f"{k} must be an int >= 1, got {v!r}")
 
 # %% ../../nbs/11_ppo.ipynb #b7c0f68b
-class PPOTrainer:
+class PPOTrainer(Trainer):
     "PPO for RLHF (ColossalChat's loop): rollouts into a replay buffer, then clipped policy (+PTX) and value updates."
     stage = 'ppo'
     def __init__(self,
@@ -167,7 +165,8 @@ class PPOTrainer:
         if save_interval < 0: raise ValueError(f"save_interval must be >= 0, got {save_interval}")
         if 'max_length' not in generate_kwargs and 'max_new_tokens' not in generate_kwargs:
             raise ValueError("give max_length or max_new_tokens (generation arguments) to PPOTrainer")
-        self.strategy, self.actor, self.critic = strategy, actor, critic
+        super().__init__(strategy, callbacks)           # the metrics file is opened by `fit` (fresh, or resumed)
+        self.actor, self.critic = actor, critic
         self.reward_model, self.initial_model = reward_model, initial_model
         self.actor_optim, self.critic_optim = actor_optim, critic_optim
         self.kl_coef, self.ptx_coef, self.ptx_mode, self.ptx_stream = kl_coef, ptx_coef, ptx_mode, ptx_stream
@@ -181,85 +180,90 @@ class PPOTrainer:
         self.experience_maker = NaiveExperienceMaker(_unwrap(strategy, actor), _unwrap(strategy, critic), reward_model,
                                                      initial_model, kl_coef, **self.experience_options)
         self.replay_buffer = NaiveReplayBuffer(train_batch_size, buffer_limit, buffer_cpu_offload, pad_token_id=pad_token_id,
-                                               target_device=_device_of(actor))
+                                               target_device=module_device(actor))
         self.actor_loss_fn = PolicyLoss(eps_clip)
         self.critic_loss_fn = ValueLoss(value_clip, use_action_mask=value_loss_use_action_mask)
         self.ptx_loss_fn = GPTLMLoss()
-        self.callbacks = list(callbacks)
-        self.metrics_path, self.logger = metrics_path, MetricsLogger(None)   # the file is opened by `fit` (fresh, or resumed)
+        self.metrics_path = metrics_path
         self.ckpt_dir, self.save_interval = (Path(ckpt_dir) if ckpt_dir else None), save_interval
         self.checkpoint_frozen = bool(checkpoint_frozen)
-        self.global_step = self.update_step = 0
-        self.should_stop, self.extra_metrics = False, {}
-
-    def _call(self, hook: str, *args):
-        for cb in self.callbacks: getattr(cb, hook)(self, *args)
+        self.update_step, self.extra_metrics = 0, {}
 
 # %% ../../nbs/11_ppo.ipynb #1e7de6e6
-def _ptx_loss(self, batch) -> torch.Tensor:
+@patch
+def _ptx_loss(self: PPOTrainer, batch) -> torch.Tensor:
     "LM loss of the actor on one pre-training batch (labels -100 where no loss is wanted)."
-    dev = _device_of(self.actor)
+    dev = module_device(self.actor)
     ids = batch['input_ids'].to(dev)
     labels = batch.get('labels', ids).to(dev)
     mask = batch.get('attention_mask'); mask = mask.to(dev) if mask is not None else None
     logits = _unwrap(self.strategy, self.actor).get_base_model()(input_ids=ids, attention_mask=mask).logits   # (B', S, V)
     return self.ptx_loss_fn(logits, labels)
 
-def _step(self, optim, loss, model):
+@patch
+def _step(self: PPOTrainer, optim, loss, model) -> None:
+    "Back-propagate `loss` and update `model` through the strategy (clipped to `max_norm`)."
     self.strategy.backward(loss, model, optim)
-    if self.max_norm: torch.nn.utils.clip_grad_norm_(_trainable(model), self.max_norm)
-    self.strategy.optimizer_step(optim)
-    optim.zero_grad(set_to_none=True)
+    self.optimizer_update(model, optim, self.max_norm)
 
-def _update_mode(self):
+@patch
+def _update_mode(self: PPOTrainer):
     "ColossalChat: train mode (dropout on) for the update; corrected: eval mode, so the ratio compares one function."
     self.actor.train(); self.critic.train()
     return contextlib.nullcontext() if self.update_dropout else eval_mode(self.actor, self.critic)
 
-def training_step(self, experience: Experience) -> dict:
+@patch
+def training_step(self: PPOTrainer, experience: Experience) -> dict:
     "One PPO update of the actor and the critic on a batch of experience; returns its metrics."
-    with _update_mode(self): return _training_step(self, experience)
+    with self._update_mode(): return self._training_step(experience)
 
-def _training_step(self, experience: Experience) -> dict:
+# %% ../../nbs/11_ppo.ipynb #8551c396
+@torch.no_grad()
+def _ratio_stats(log_probs: torch.Tensor,     # (B, A) new log-probs
+                 old_log_probs: torch.Tensor, # (B, A) the rollout's log-probs
+                 mask: torch.Tensor,          # (B, A) action mask
+                ) -> dict:
+    "Mean, variance (TRL's name) and largest |ratio − 1| of the PPO ratio over the actions."
+    ratio = (log_probs - old_log_probs).exp()                                           # (B, A)
+    n = mask.sum().clamp(min=1)
+    mean_ratio = (ratio * mask).sum() / n
+    return {'val/ratio': mean_ratio, 'val/ratio_var': (((ratio - mean_ratio) ** 2) * mask).sum() / n,
+            'val/ratio_maxdev': ((ratio - 1).abs() * mask).max()}
+
+# %% ../../nbs/11_ppo.ipynb #70e83ad0
+@patch
+def _training_step(self: PPOTrainer, experience: Experience) -> dict:
     m, A = experience.action_mask, experience.num_actions
-    # 1. policy loss on the experience, under the distribution the old log-probs came from (see 06_experience §5.1)
+    # 1. policy loss on the experience, under the distribution the old log-probs came from (see 06_experience_maker §5.1)
     sk = sampling_kwargs(self.generate_kwargs) if self.experience_maker.use_sampling_logprobs else {}
     log_probs = self.actor(experience.sequences, A, experience.attention_mask, **sk)           # (B, A)
     policy_loss, st = self.actor_loss_fn(log_probs, experience.action_log_probs, experience.advantages, m, return_stats=True)
     actor_loss, out = policy_loss, {}
     # 2. PTX: the LM loss on the next pre-training batch
     if self.ptx_coef > 0 and self._ptx is not None:
-        ptx = _ptx_loss(self, self._ptx.next())
+        ptx = self._ptx_loss(self._ptx.next())
         c = self.ptx_coef
         actor_loss = policy_loss + c * ptx if self.ptx_mode == 'additive' else (1 - c) * policy_loss + c * ptx
         out['loss/ptx_avg'] = ptx.detach()
     if not torch.isfinite(actor_loss): raise FloatingPointError(f"actor loss is {actor_loss.item()} at update {self.update_step}")
-    _step(self, self.actor_optim, actor_loss, self.actor)
+    self._step(self.actor_optim, actor_loss, self.actor)
     # 3. value loss
-    per_token = experience.values.dim() == 2
-    kw = dict(per_token=True) if per_token else {}
+    kw = dict(per_token=True) if experience.values.dim() == 2 else {}
     values = self.critic(experience.sequences, action_mask=m, attention_mask=experience.attention_mask, **kw)  # (B,) or (B, A)
     target = experience.returns if experience.returns is not None else experience.reward
     value_loss, vst = self.critic_loss_fn(values, experience.values, target, m, return_stats=True)
     if not torch.isfinite(value_loss): raise FloatingPointError(f"value loss is {value_loss.item()} at update {self.update_step}")
-    _step(self, self.critic_optim, value_loss * self.vf_coef, self.critic)
-    with torch.no_grad():
-        ratio = (log_probs.detach() - experience.action_log_probs).exp()                     # (B, A)
-        n = m.sum().clamp(min=1)
-        mean_ratio = (ratio * m).sum() / n
-        out.update({'loss/policy_avg': policy_loss.detach(), 'loss/value_avg': value_loss.detach(),
-                    'policy/approxkl_avg': st['approx_kl'], 'policy/clipfrac_avg': st['clip_frac'],
-                    'val/clipfrac_avg': vst['clip_frac'], 'val/ratio': mean_ratio,
-                    'val/ratio_var': (((ratio - mean_ratio) ** 2) * m).sum() / n,                  # TRL's name
-                    'val/ratio_maxdev': ((ratio - 1).abs() * m).max()})                            # max |ratio − 1| over the actions
+    self._step(self.critic_optim, value_loss * self.vf_coef, self.critic)
+    out.update({'loss/policy_avg': policy_loss.detach(), 'loss/value_avg': value_loss.detach(),
+                'policy/approxkl_avg': st['approx_kl'], 'policy/clipfrac_avg': st['clip_frac'], 'val/clipfrac_avg': vst['clip_frac'],
+                **_ratio_stats(log_probs.detach(), experience.action_log_probs, m)})
     return {k: float(v) for k, v in out.items()}
 
-PPOTrainer.training_step = training_step
-
 # %% ../../nbs/11_ppo.ipynb #513cfeba
-def _learn(self) -> dict:
+@patch
+def _learn(self: PPOTrainer) -> dict:
     "Train on everything in the replay buffer; returns the mean metrics of the learning steps."
-    buf, bs, dev = self.replay_buffer, self.train_batch_size, _device_of(self.actor)
+    buf, bs, dev = self.replay_buffer, self.train_batch_size, module_device(self.actor)
     if len(buf) < bs: raise ValueError(f"the replay buffer holds {len(buf)} experiences, fewer than train_batch_size={bs}")
     steps = []
     for epoch in range(self.max_epochs):
@@ -274,40 +278,71 @@ def _learn(self) -> dict:
             self._call('on_learn_batch_end', met); steps.append(met)
     return {k: sum(s[k] for s in steps) / len(steps) for k in steps[0]}
 
-PPOTrainer._learn = _learn
-
 # %% ../../nbs/11_ppo.ipynb #6e78612a
-def _record_step(line: str) -> int|None:
-    "The step of one metrics line; None for a torn line (the process was killed while writing it)."
-    try: return int(json.loads(line)['step'])
-    except (ValueError, KeyError, TypeError): return None
-
-def _checkpointed_models(self) -> dict:
+@patch
+def _checkpointed_models(self: PPOTrainer) -> dict:
     "What a checkpoint holds: the trained models, and the frozen ones when they cannot be rebuilt from a folder."
     m = {'actor': _unwrap(self.strategy, self.actor), 'critic': _unwrap(self.strategy, self.critic)}
     if self.checkpoint_frozen: m.update(initial_model=self.initial_model, reward_model=self.reward_model)
     return m
 
-def _checkpoint(self, episode: int, timestep: int):
+@patch
+def _checkpoint(self: PPOTrainer, episode: int, timestep: int) -> None:
+    "Write a complete checkpoint (models, optimizers, RNG, stream positions) after an update."
     if self.ckpt_dir is None: return
     state = {'update_step': self.update_step, 'episode': episode, 'timestep': timestep,
              'prompts': self._prompts.state_dict(), 'ptx': self._ptx.state_dict() if self._ptx is not None else None}
-    save_checkpoint(self.ckpt_dir, self.update_step, _checkpointed_models(self),
+    save_checkpoint(self.ckpt_dir, self.update_step, self._checkpointed_models(),
                     {'actor': self.actor_optim, 'critic': self.critic_optim}, state=state)
     self.strategy.barrier()
 
-def _resume(self) -> tuple[int, int]:
+@patch
+def _resume(self: PPOTrainer) -> tuple[int, int]:
     "Load the newest checkpoint in ckpt_dir; returns the (episode, timestep) to continue from."
     if self.ckpt_dir is None: raise ValueError("resume=True needs ckpt_dir")
     ck = latest_checkpoint(self.ckpt_dir)
     if ck is None: return 0, 0
-    st = load_checkpoint(ck, _checkpointed_models(self), {'actor': self.actor_optim, 'critic': self.critic_optim})
+    st = load_checkpoint(ck, self._checkpointed_models(), {'actor': self.actor_optim, 'critic': self.critic_optim})
     self.update_step = self.global_step = st['update_step']
     self._prompts.load_state_dict(st['prompts'])
     if self._ptx is not None and st.get('ptx'): self._ptx.load_state_dict(st['ptx'])
     return st['episode'], st['timestep'] + 1
 
-def fit(self,
+# %% ../../nbs/11_ppo.ipynb #6085d706
+@patch
+def _make_experience(self: PPOTrainer, exp_metrics: list) -> None:
+    "1. rollout and 2. score: the next batch of prompts becomes experience in the replay buffer."
+    batch = self._prompts.next()
+    dev = module_device(self.actor)
+    self._call('on_make_experience_start')
+    exp = self.experience_maker.make_experience(batch['input_ids'].to(dev), attention_mask=batch['attention_mask'].to(dev),
+                                                **self.generate_kwargs)
+    self._call('on_make_experience_end', exp)
+    exp_metrics.append(exp.metrics()); self.replay_buffer.append(exp)
+
+@patch
+def _should_learn(self: PPOTrainer, episode: int, timestep: int, max_timesteps: int, update_timesteps: int) -> bool:
+    "Whether this timestep ends with an update (see `update_schedule`)."
+    if self.update_schedule == 'global': return (episode * max_timesteps + timestep + 1) % update_timesteps == 0
+    return (timestep + 1) % update_timesteps == 0 or timestep == max_timesteps - 1
+
+@patch
+def _learn_and_log(self: PPOTrainer, exp_metrics: list, episode: int, timestep: int) -> dict:
+    "3. learn on the buffer, clear it, log one record (the update's and the experience's means), checkpoint."
+    met = self._learn(); self.replay_buffer.clear()
+    met.update({k: sum(e[k] for e in exp_metrics) / len(exp_metrics) for k in exp_metrics[0]})
+    met.update(self.extra_metrics); self.extra_metrics = {}
+    met = self.strategy.all_reduce(met) if self.strategy is not None else met
+    met.update(episode=episode, timestep=timestep)
+    self.update_step += 1; self.global_step = self.update_step
+    self.logger.log(met, self.update_step, self.stage)
+    self._call('on_step_end', self.update_step, met)
+    if self.save_interval and self.update_step % self.save_interval == 0: self._checkpoint(episode, timestep)
+    return met
+
+# %% ../../nbs/11_ppo.ipynb #8c0cb7cd
+@patch
+def fit(self: PPOTrainer,
         prompt_dataloader,          # yields {'input_ids', 'attention_mask'} left-padded prompts
         pretrain_dataloader=None,   # yields {'input_ids', 'labels', 'attention_mask'} for PTX (None: no PTX)
         num_episodes: int = 1,      # episodes
@@ -322,50 +357,25 @@ def fit(self,
     self._prompts = DataStream(prompt_dataloader, self.prompt_stream)
     self._ptx = DataStream(pretrain_dataloader, self.ptx_stream) if pretrain_dataloader is not None and self.ptx_coef > 0 else None
     start_ep, start_t = self._resume() if resume else (0, 0)
-    if resume and self.metrics_path and Path(self.metrics_path).is_file() and is_rank_0():
-        # drop records logged after the checkpoint we resume from (the run died before saving them)
-        keep = [l for l in Path(self.metrics_path).read_text(encoding='utf-8').splitlines()
-                if l.strip() and _record_step(l) is not None and _record_step(l) <= self.update_step]
-        with atomic_write(Path(self.metrics_path)) as p: p.write_text(''.join(l + '\n' for l in keep), encoding='utf-8')
+    if resume and self.metrics_path and is_rank_0(): truncate_metrics(self.metrics_path, self.update_step)
     self.logger = MetricsLogger(self.metrics_path, resume=resume)
     from tqdm.auto import tqdm
-    total = num_episodes * max_timesteps
-    bar = tqdm(total=total, initial=start_ep * max_timesteps + start_t, desc='PPO', disable=not is_rank_0(), dynamic_ncols=True)
+    bar = tqdm(total=num_episodes * max_timesteps, initial=start_ep * max_timesteps + start_t, desc='PPO',
+               disable=not is_rank_0(), dynamic_ncols=True)
     self._call('on_fit_start')
     exp_metrics, episode, timestep = [], start_ep, start_t - 1
     for episode in range(start_ep, num_episodes):
         self._call('on_episode_start', episode)
         for timestep in range(start_t if episode == start_ep else 0, max_timesteps):
-            # 1. rollout and 2. score
-            batch = self._prompts.next()
-            dev = _device_of(self.actor)
-            self._call('on_make_experience_start')
-            exp = self.experience_maker.make_experience(batch['input_ids'].to(dev), attention_mask=batch['attention_mask'].to(dev),
-                                                        **self.generate_kwargs)
-            self._call('on_make_experience_end', exp)
-            exp_metrics.append(exp.metrics()); self.replay_buffer.append(exp)
-            bar.update(1)
-            # 3. learn
-            if self.update_schedule == 'global': learn = (episode * max_timesteps + timestep + 1) % update_timesteps == 0
-            else: learn = (timestep + 1) % update_timesteps == 0 or timestep == max_timesteps - 1
-            if learn:
-                met = self._learn(); self.replay_buffer.clear()
-                met.update({k: sum(e[k] for e in exp_metrics) / len(exp_metrics) for k in exp_metrics[0]})
-                met.update(self.extra_metrics); self.extra_metrics = {}
-                met = self.strategy.all_reduce(met) if self.strategy is not None else met
-                met.update(episode=episode, timestep=timestep)
-                self.update_step += 1; self.global_step = self.update_step; exp_metrics = []
-                self.logger.log(met, self.update_step, self.stage)
-                self._call('on_step_end', self.update_step, met)
+            self._make_experience(exp_metrics); bar.update(1)
+            if self._should_learn(episode, timestep, max_timesteps, update_timesteps):
+                met = self._learn_and_log(exp_metrics, episode, timestep); exp_metrics = []
                 bar.set_postfix({'score': f"{met.get('objective/scores', 0):.3f}", 'kl': f"{met.get('objective/kl', 0):.3f}"})
-                if self.save_interval and self.update_step % self.save_interval == 0: _checkpoint(self, episode, timestep)
                 if self.should_stop: break
         self._call('on_episode_end', episode)
         if self.should_stop: break
     bar.close()
     if self.ckpt_dir is not None and not (self.save_interval and self.update_step % self.save_interval == 0):
-        _checkpoint(self, episode, timestep)
+        self._checkpoint(episode, timestep)
     self._call('on_fit_end')
     return self.logger.records
-
-PPOTrainer._checkpoint, PPOTrainer._resume, PPOTrainer.fit = _checkpoint, _resume, fit

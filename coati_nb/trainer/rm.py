@@ -8,12 +8,14 @@ from typing import Iterable
 
 import torch
 import torch.nn as nn
+from fastcore.basics import patch
 
 from ..loss import LogExpLoss, LogSigLoss
 from .base import Callback, SLTrainer
+from ..utils import module_device
 
 # %% auto #0
-__all__ = ['rm_loss_fn', 'RewardModelTrainer', 'batch_tokens']
+__all__ = ['rm_loss_fn', 'batch_tokens', 'RewardModelTrainer']
 
 # %% ../../nbs/10_rm.ipynb #f40201be
 def _pair_batch(batch, where: str):
@@ -33,9 +35,14 @@ def rm_loss_fn(name: str, # 'log_sig' or 'log_exp' (ColossalChat's --loss_fn)
     if name == 'log_exp': return LogExpLoss()
     raise ValueError(f"unknown loss_fn {name!r}; choose 'log_sig' or 'log_exp'")
 
+def batch_tokens(batch) -> int:
+    "Real tokens in a pair batch (chosen + rejected)."
+    _, c_mask, _, r_mask = _pair_batch(batch, 'batch')
+    return int(c_mask.sum() + r_mask.sum())
+
 # %% ../../nbs/10_rm.ipynb #35bad100
 class RewardModelTrainer(SLTrainer):
-    "Train a reward model on preference pairs with a pairwise ranking loss."
+    "Train a reward model on preference pairs with a pairwise ranking loss; the loop is `SLTrainer.fit`."
     stage = 'rm'
     def __init__(self,
                  model: nn.Module,        # a RewardModel: (sequences, attention_mask) -> (B,)
@@ -44,63 +51,40 @@ class RewardModelTrainer(SLTrainer):
                  lr_scheduler=None,       # stepped once per optimizer step
                  loss_fn: nn.Module|str = 'log_sig', # LogSigLoss / LogExpLoss or their names
                  max_epochs: int = 1,
-                 max_norm: float|None = None, # clip the gradient norm (None: no clipping)
+                 max_norm: float|None = None, # clip the gradient norm through the strategy (None: no clipping)
                  callbacks: Iterable[Callback] = (),
                  metrics_path=None,
                  log_interval: int = 1,
                 ):
-        super().__init__(strategy, max_epochs, model, optim, callbacks, metrics_path, log_interval)
-        self.lr_scheduler, self.max_norm = lr_scheduler, max_norm
+        super().__init__(strategy, max_epochs, model, optim, callbacks, metrics_path, log_interval,
+                         lr_scheduler=lr_scheduler, max_norm=max_norm)
         self.loss_fn = rm_loss_fn(loss_fn) if isinstance(loss_fn, str) else loss_fn
 
-    def _scores(self, batch, where):
-        dev = next(self.model.parameters()).device
-        c_ids, c_mask, r_ids, r_mask = (t.to(dev) for t in _pair_batch(batch, where))
-        return self.model(c_ids, attention_mask=c_mask), self.model(r_ids, attention_mask=r_mask)   # (B,), (B,)
+@patch
+def _scores(self: RewardModelTrainer, batch, where: str) -> tuple[torch.Tensor, torch.Tensor]:
+    "The scores $r_c, r_r$ of the chosen and the rejected sequences, each (B,)."
+    dev = module_device(self.model)
+    c_ids, c_mask, r_ids, r_mask = (t.to(dev) for t in _pair_batch(batch, where))
+    return self.model(c_ids, attention_mask=c_mask), self.model(r_ids, attention_mask=r_mask)   # (B,), (B,)
 
-    @torch.no_grad()
-    def evaluate(self, eval_dataloader) -> dict:
-        "Held-out accuracy, mean score gap and loss."
-        was = self.model.training; self.model.eval()
-        correct = n = 0; gap = loss = 0.0
-        for i, batch in enumerate(eval_dataloader):
-            c, r = self._scores(batch, f'eval batch {i}')
-            correct += (c > r).sum().item(); gap += (c - r).sum().item()
-            loss += self.loss_fn(c, r).item() * c.numel(); n += c.numel()
-        self.model.train(was)
-        if n == 0: raise ValueError("the evaluation dataloader is empty")
-        return {'eval/acc': correct / n, 'eval/dist': gap / n, 'eval/loss': loss / n}
+@patch
+def training_step(self: RewardModelTrainer, batch, where: str = 'batch') -> tuple[torch.Tensor, dict]:
+    "The pairwise loss of one batch, with its accuracy, mean score gap and throughput counts."
+    c, r = self._scores(batch, where)
+    return self.loss_fn(c, r), {'acc': (c > r).float().mean().item(), 'dist': (c - r).mean().item(),
+                                'perf/samples': 2 * c.numel(), 'perf/tokens': int(batch_tokens(batch))}
 
-    def fit(self, train_dataloader, eval_dataloader=None, logger=None) -> list[dict]:
-        "Train for `max_epochs`, evaluating after every epoch; returns the metrics history."
-        n = len(train_dataloader)
-        if n == 0: raise ValueError("the training dataloader is empty")
-        self.model.train(); self._call('on_fit_start')
-        for epoch in range(self.max_epochs):
-            sampler = getattr(train_dataloader, 'sampler', None)
-            if hasattr(sampler, 'set_epoch'): sampler.set_epoch(epoch)
-            for i, batch in enumerate(self._progress(train_dataloader, f'RM epoch {epoch+1}/{self.max_epochs}', n)):
-                c, r = self._scores(batch, f'train batch {i}')
-                loss = self.loss_fn(c, r)
-                if not torch.isfinite(loss): raise FloatingPointError(f"RM loss is {loss.item()} at epoch {epoch}, batch {i}")
-                self.strategy.backward(loss, self.model, self.optimizer)
-                if self.max_norm: torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.max_norm)
-                self.strategy.optimizer_step(self.optimizer)
-                self.optimizer.zero_grad(set_to_none=True)
-                if self.lr_scheduler is not None: self.lr_scheduler.step()
-                self.global_step += 1
-                self._log({'loss': loss.item(), 'acc': (c > r).float().mean().item(), 'dist': (c - r).mean().item(),
-                           'lr': self.optimizer.param_groups[0]['lr'], 'epoch': epoch,
-                           'perf/samples': 2 * c.numel(), 'perf/tokens': int(batch_tokens(batch))})
-                if self.should_stop: break
-            if eval_dataloader is not None:
-                m = self.evaluate(eval_dataloader); m['epoch'] = epoch
-                self.logger.log(m, self.global_step, self.stage); self._call('on_step_end', self.global_step, m)
-            if self.should_stop: break
-        self._call('on_fit_end')
-        return self.history
+# %% ../../nbs/10_rm.ipynb #14058beb
+@patch
+def eval_step(self: RewardModelTrainer, batch, where: str = 'batch') -> dict:
+    "Correct pairs, summed score gap, summed loss and the number of pairs of one evaluation batch."
+    c, r = self._scores(batch, where)
+    return {'correct': (c > r).sum().item(), 'gap': (c - r).sum().item(),
+            'loss': self.loss_fn(c, r).item() * c.numel(), 'n': c.numel()}
 
-def batch_tokens(batch) -> int:
-    "Real tokens in a pair batch (chosen + rejected)."
-    _, c_mask, _, r_mask = _pair_batch(batch, 'batch')
-    return int(c_mask.sum() + r_mask.sum())
+@patch
+def eval_metrics(self: RewardModelTrainer, totals: dict) -> dict:
+    "Held-out accuracy, mean score gap and loss."
+    n = totals.get('n', 0)
+    if n == 0: raise ValueError("the evaluation dataloader is empty")
+    return {'eval/acc': totals['correct'] / n, 'eval/dist': totals['gap'] / n, 'eval/loss': totals['loss'] / n}

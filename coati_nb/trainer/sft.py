@@ -9,21 +9,14 @@ from typing import Iterable
 
 import torch
 import torch.nn as nn
+from fastcore.basics import patch
 
 from ..loss import GPTLMLoss
-from .base import Callback, SLTrainer
+from .base import Callback, SLTrainer, accumulation_groups
+from ..utils import module_device
 
 # %% auto #0
-__all__ = ['accumulation_groups', 'lm_logits', 'SFTTrainer']
-
-# %% ../../nbs/09_sft.ipynb #4c10ad9d
-def accumulation_groups(n_batches: int,          # batches in one epoch
-                        accumulation_steps: int, # micro-batches per optimizer step
-                       ) -> list[int]:
-    "Size of each accumulation group in an epoch; the last group holds the remainder."
-    if accumulation_steps < 1: raise ValueError(f"accumulation_steps must be >= 1, got {accumulation_steps}")
-    full, rest = divmod(n_batches, accumulation_steps)
-    return [accumulation_steps] * full + ([rest] if rest else [])
+__all__ = ['lm_logits', 'SFTTrainer']
 
 # %% ../../nbs/09_sft.ipynb #901b522a
 def lm_logits(model: nn.Module,              # `LM`, or a transformers causal LM (possibly DDP-wrapped)
@@ -35,9 +28,6 @@ def lm_logits(model: nn.Module,              # `LM`, or a transformers causal LM
     except TypeError: out = model(input_ids=input_ids, attention_mask=attention_mask)
     return out if isinstance(out, torch.Tensor) else out['logits']
 
-def _device_of(model: nn.Module) -> torch.device:
-    return next(model.parameters()).device
-
 def _check_sft_batch(batch, where: str):
     if not isinstance(batch, dict) or not {'input_ids', 'labels'} <= set(batch):
         got = sorted(batch) if isinstance(batch, dict) else type(batch).__name__
@@ -45,7 +35,7 @@ def _check_sft_batch(batch, where: str):
 
 # %% ../../nbs/09_sft.ipynb #938504e7
 class SFTTrainer(SLTrainer):
-    "Supervised fine-tuning (and continued pre-training) with gradient accumulation and an optional eval set."
+    "Supervised fine-tuning (and continued pre-training): the LM loss of a batch; the loop is `SLTrainer.fit`."
     stage = 'sft'
     def __init__(self,
                  model: nn.Module,        # `LM` or a transformers causal LM
@@ -54,80 +44,45 @@ class SFTTrainer(SLTrainer):
                  lr_scheduler=None,       # stepped once per optimizer step
                  max_epochs: int = 2,     # passes over the training data
                  accumulation_steps: int = 8, # micro-batches per optimizer step
-                 max_norm: float|None = None, # clip the gradient norm (None: no clipping)
+                 max_norm: float|None = None, # clip the gradient norm through the strategy (None: no clipping)
                  callbacks: Iterable[Callback] = (),
                  metrics_path=None,       # JSON lines file for the metrics
                  log_interval: int = 1,   # log every this many optimizer steps
                  faithful_accumulation: bool = False, # ColossalChat's loop: drop (leak) the epoch's remainder batches
                 ):
-        super().__init__(strategy, max_epochs, model, optim, callbacks, metrics_path, log_interval)
-        if accumulation_steps < 1: raise ValueError(f"accumulation_steps must be >= 1, got {accumulation_steps}")
-        self.lr_scheduler, self.accumulation_steps, self.max_norm = lr_scheduler, accumulation_steps, max_norm
-        self.faithful_accumulation = faithful_accumulation
+        super().__init__(strategy, max_epochs, model, optim, callbacks, metrics_path, log_interval, lr_scheduler=lr_scheduler,
+                         accumulation_steps=accumulation_steps, max_norm=max_norm, faithful_accumulation=faithful_accumulation)
         self.loss_fn = GPTLMLoss()
 
-    def _loss(self, batch) -> tuple[torch.Tensor, int]:
-        dev = _device_of(self.model)
-        ids, labels = batch['input_ids'].to(dev), batch['labels'].to(dev)
-        mask = batch.get('attention_mask'); mask = mask.to(dev) if mask is not None else None
-        logits = lm_logits(self.model, ids, mask)             # (B, S, V)
-        return self.loss_fn(logits, labels), int((labels[:, 1:] != -100).sum())
+# %% ../../nbs/09_sft.ipynb #cab066af
+@patch
+def _loss(self: SFTTrainer, batch) -> tuple[torch.Tensor, int]:
+    "The LM loss of `batch` and its number of target tokens."
+    dev = module_device(self.model)
+    ids, labels = batch['input_ids'].to(dev), batch['labels'].to(dev)
+    mask = batch.get('attention_mask'); mask = mask.to(dev) if mask is not None else None
+    logits = lm_logits(self.model, ids, mask)             # (B, S, V)
+    return self.loss_fn(logits, labels), int((labels[:, 1:] != -100).sum())
 
-    def _optimizer_step(self):
-        if self.max_norm:
-            torch.nn.utils.clip_grad_norm_([p for g in self.optimizer.param_groups for p in g['params']], self.max_norm)
-        self.strategy.optimizer_step(self.optimizer)
-        self.optimizer.zero_grad(set_to_none=True)
-        if self.lr_scheduler is not None: self.lr_scheduler.step()
-        self.global_step += 1
+@patch
+def training_step(self: SFTTrainer, batch, where: str = 'batch') -> tuple[torch.Tensor, dict]:
+    "The loss of one micro-batch, with its samples and target tokens for the throughput counters."
+    _check_sft_batch(batch, where)
+    loss, ntok = self._loss(batch)
+    return loss, {'perf/samples': batch['input_ids'].size(0), 'perf/tokens': ntok}
 
-    @torch.no_grad()
-    def evaluate(self, eval_dataloader) -> dict:
-        "Token-weighted mean loss and perplexity on `eval_dataloader`."
-        was = self.model.training; self.model.eval()
-        total, tokens = 0.0, 0
-        for i, batch in enumerate(eval_dataloader):
-            _check_sft_batch(batch, f'eval batch {i}')
-            loss, n = self._loss(batch)
-            total += loss.item() * n; tokens += n
-        self.model.train(was)
-        if tokens == 0: raise ValueError("evaluation data has no target token (all labels are -100)")
-        mean = total / tokens
-        return {'eval/loss': mean, 'eval/ppl': math.exp(min(mean, 50))}
+# %% ../../nbs/09_sft.ipynb #a99379dc
+@patch
+def eval_step(self: SFTTrainer, batch, where: str = 'batch') -> dict:
+    "The summed loss and the target tokens of one evaluation batch."
+    _check_sft_batch(batch, where)
+    loss, n = self._loss(batch)
+    return {'loss': loss.item() * n, 'tokens': n}
 
-    def fit(self,
-            train_dataloader,          # yields SFT batches (dicts)
-            eval_dataloader=None,      # evaluated at the end of every epoch
-            logger=None,               # accepted for ColossalChat compatibility; metrics go to `metrics_path`
-           ) -> list[dict]:
-        "Train for `max_epochs`; returns the metrics history."
-        n = len(train_dataloader)
-        if n == 0: raise ValueError("the training dataloader is empty")
-        self.model.train(); self._call('on_fit_start')
-        for epoch in range(self.max_epochs):
-            sampler = getattr(train_dataloader, 'sampler', None)
-            if hasattr(sampler, 'set_epoch'): sampler.set_epoch(epoch)
-            groups = accumulation_groups(n, self.accumulation_steps)
-            g, in_group, acc_loss, samples, tokens = 0, 0, 0.0, 0, 0
-            for i, batch in enumerate(self._progress(train_dataloader, f'SFT epoch {epoch+1}/{self.max_epochs}', n)):
-                _check_sft_batch(batch, f'train batch {i}')
-                loss, ntok = self._loss(batch)
-                if not torch.isfinite(loss): raise FloatingPointError(f"SFT loss is {loss.item()} at epoch {epoch}, batch {i}")
-                size = self.accumulation_steps if self.faithful_accumulation else groups[g]
-                self.strategy.backward(loss / size, self.model, self.optimizer)
-                acc_loss += loss.item() / size; samples += batch['input_ids'].size(0); tokens += ntok
-                in_group += 1
-                if in_group == groups[g]:
-                    last_partial = groups[g] < self.accumulation_steps
-                    if self.faithful_accumulation and last_partial: break   # ColossalChat: remainder never applied
-                    self._optimizer_step()
-                    lr = self.optimizer.param_groups[0]['lr']
-                    self._log({'loss': acc_loss, 'lr': lr, 'epoch': epoch, 'perf/samples': samples, 'perf/tokens': tokens})
-                    g, in_group, acc_loss, samples, tokens = g + 1, 0, 0.0, 0, 0
-                    if self.should_stop: break
-            if eval_dataloader is not None:
-                m = self.evaluate(eval_dataloader); m['epoch'] = epoch
-                self.logger.log(m, self.global_step, self.stage); self._call('on_step_end', self.global_step, m)
-            if self.should_stop: break
-        self._call('on_fit_end')
-        return self.history
+@patch
+def eval_metrics(self: SFTTrainer, totals: dict) -> dict:
+    "Token-weighted mean loss and perplexity."
+    tokens = totals.get('tokens', 0)
+    if tokens == 0: raise ValueError("evaluation data has no target token (all labels are -100)")
+    mean = totals['loss'] / tokens
+    return {'eval/loss': mean, 'eval/ppl': math.exp(min(mean, 50))}
