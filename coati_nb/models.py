@@ -190,6 +190,15 @@ def _hidden_size(config) -> int:
         if isinstance(config, fam.config_cls): return getattr(config, fam.hidden_attr)
     return config.hidden_size
 
+# %% ../nbs/03_models.ipynb #f8ca6a5d
+def _init_backbone(self: LoRAModule, model: nn.Module, lora_rank: int, lora_train_bias: str, position_ids_from_mask: bool):
+    "The start of every role's __init__: check the LoRA arguments, keep the backbone, convert it to LoRA."
+    _check_lora_args(lora_rank, lora_train_bias)
+    LoRAModule.__init__(self, lora_rank=lora_rank, lora_train_bias=lora_train_bias)
+    self.model = model
+    self.position_ids_from_mask = _check_flag('position_ids_from_mask', position_ids_from_mask)
+    self.convert_to_lora()
+
 # %% ../nbs/03_models.ipynb #712aa9f1
 class Actor(LoRAModule):
     "Policy model: a causal LM whose forward returns the log-probs of the last `num_actions` tokens."
@@ -199,11 +208,7 @@ class Actor(LoRAModule):
                  lora_train_bias: str = 'none', # 'none', 'all' or 'lora_only'
                  position_ids_from_mask: bool = True, # False: no position ids in forward, as ColossalChat
                 ):
-        _check_lora_args(lora_rank, lora_train_bias)
-        super().__init__(lora_rank=lora_rank, lora_train_bias=lora_train_bias)
-        self.model = model
-        self.position_ids_from_mask = _check_flag('position_ids_from_mask', position_ids_from_mask)
-        self.convert_to_lora()
+        _init_backbone(self, model, lora_rank, lora_train_bias, position_ids_from_mask)
 
     def action_logits(self,
                       sequences: torch.LongTensor,   # (B, S) prompt + response
@@ -334,11 +339,7 @@ class ValueModel(LoRAModule):
                  lora_train_bias: str = 'none',    # 'none', 'all' or 'lora_only'
                  position_ids_from_mask: bool = True, # False: no position ids in forward, as ColossalChat
                 ):
-        _check_lora_args(lora_rank, lora_train_bias)
-        super().__init__(lora_rank=lora_rank, lora_train_bias=lora_train_bias)
-        self.model = model
-        self.position_ids_from_mask = _check_flag('position_ids_from_mask', position_ids_from_mask)
-        self.convert_to_lora()                     # the backbone only: the head is attached afterwards
+        _init_backbone(self, model, lora_rank, lora_train_bias, position_ids_from_mask)   # the head is attached afterwards
         if value_head is not None and getattr(value_head, 'out_features', 1) != 1:
             raise ValueError(self._head_error.format(value_head.out_features))
         self.value_head = value_head if value_head is not None else make_value_head(_hidden_size(model.config))
