@@ -13,6 +13,7 @@ import torch.nn as nn
 from fastcore.basics import patch
 
 from .utils import _shape, masked_mean, masked_sum, whiten
+import coati_nb.generation  # noqa: F401 — chapter 04 adds `Actor.generate` (fastcore @patch); make_experience calls it
 
 # %% auto #0
 __all__ = ['KL_ESTIMATORS', 'EXPERIENCE_PRESETS', 'Experience', 'approx_kl_per_token', 'compute_approx_kl', 'last_action_index',
