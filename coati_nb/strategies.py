@@ -135,11 +135,7 @@ class Strategy(ABC):
     def unwrap_model(self, model: nn.Module) -> nn.Module:
         "The user's module inside whatever wrapper `setup_model` added."
 
-    # --- shared behaviour ---
-    def zero_grad(self, optimizer: torch.optim.Optimizer) -> None:
-        "Clear the gradients of `optimizer`'s parameters."
-        optimizer.zero_grad()
-
+    # --- shared behaviour: clipping (ColossalAI overrides it: under ZeRO the engine must clip) ---
     def clip_grad_norm(self, model: nn.Module, # the prepared model (unused here; engines that clip per model need it)
                        optimizer: torch.optim.Optimizer, # the prepared optimizer: its parameters are clipped
                        max_norm: float,        # the largest total gradient norm allowed
@@ -149,104 +145,131 @@ class Strategy(ABC):
         # every rank holds the full (DDP: averaged) gradients, so clipping them locally is the same on every rank
         return torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g['params']], max_norm, norm_type)
 
-    def model_init_context(self):
-        "A context manager to build models in (lazy or sharded initialisation where the strategy supports it)."
-        return contextlib.nullcontext()
+# %% ../nbs/08_strategies.ipynb #ca27c111
+@patch
+def zero_grad(self: Strategy, optimizer: torch.optim.Optimizer) -> None:
+    "Clear the gradients of `optimizer`'s parameters."
+    optimizer.zero_grad()
 
-    def prepare(self, *models_or_model_optim_pairs):
-        "Set up each argument: a model, or a (model, optimizer) pair; returns them in the same structure."
-        rets = []
-        for i, arg in enumerate(models_or_model_optim_pairs):
-            if isinstance(arg, tuple):
-                if len(arg) != 2 or not isinstance(arg[0], nn.Module) or not isinstance(arg[1], torch.optim.Optimizer):
-                    raise TypeError(f"prepare: argument {i} must be a model or a (model, optimizer) pair, "
-                                    f"got a tuple of {[type(a).__name__ for a in arg]}")
-                rets.append(self._prepare_pair(*arg))
-            elif isinstance(arg, nn.Module): rets.append(self.setup_model(arg))
-            else: raise TypeError(f"prepare: argument {i} must be a model or a (model, optimizer) pair, got {type(arg).__name__}")
-        return rets[0] if len(rets) == 1 else rets
+@patch
+def model_init_context(self: Strategy):
+    "A context manager to build models in (lazy or sharded initialisation where the strategy supports it)."
+    return contextlib.nullcontext()
 
-    def _prepare_pair(self, model, optimizer):
-        model = self.setup_model(model)
-        return model, self.setup_optimizer(optimizer, model)
+@patch
+def prepare(self: Strategy, *models_or_model_optim_pairs):
+    "Set up each argument: a model, or a (model, optimizer) pair; returns them in the same structure."
+    rets = []
+    for i, arg in enumerate(models_or_model_optim_pairs):
+        if isinstance(arg, tuple):
+            if len(arg) != 2 or not isinstance(arg[0], nn.Module) or not isinstance(arg[1], torch.optim.Optimizer):
+                raise TypeError(f"prepare: argument {i} must be a model or a (model, optimizer) pair, "
+                                f"got a tuple of {[type(a).__name__ for a in arg]}")
+            rets.append(self._prepare_pair(*arg))
+        elif isinstance(arg, nn.Module): rets.append(self.setup_model(arg))
+        else: raise TypeError(f"prepare: argument {i} must be a model or a (model, optimizer) pair, got {type(arg).__name__}")
+    return rets[0] if len(rets) == 1 else rets
 
-    def setup_sampler(self, dataset,            # a map-style dataset
-                      shuffle: bool = True,     # reshuffle every epoch (call `sampler.set_epoch(epoch)`)
-                      drop_last: bool = False,  # drop the tail instead of repeating samples to even out the ranks
-                     ) -> DistributedSampler:
-        "A sampler giving this rank its own part of each epoch; the shuffle is seeded by `seed + epoch`."
-        return DistributedSampler(dataset, num_replicas=self.world_size, rank=self.rank, shuffle=shuffle,
-                                  seed=self.seed, drop_last=drop_last)
+@patch
+def _prepare_pair(self: Strategy, model, optimizer):
+    model = self.setup_model(model)
+    return model, self.setup_optimizer(optimizer, model)
 
-    def setup_dataloader(self, dataset,         # a map-style dataset
-                         batch_size: int,       # samples per batch on each rank
-                         shuffle: bool = True,  # reshuffle every epoch
-                         collate_fn=None,       # turns a list of samples into a batch
-                         pin_memory: bool = False, # page-locked host memory for faster copies to the GPU
-                         drop_last: bool = False,  # see `setup_sampler`
-                        ) -> DataLoader:
-        "A DataLoader over this rank's part of `dataset`; its `sampler` has `set_epoch`."
-        if not isinstance(batch_size, int) or batch_size < 1: raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
-        return DataLoader(dataset, batch_size=batch_size, sampler=self.setup_sampler(dataset, shuffle, drop_last),
-                          collate_fn=collate_fn, pin_memory=pin_memory)
+# %% ../nbs/08_strategies.ipynb #20769548
+@patch
+def setup_sampler(self: Strategy, dataset,            # a map-style dataset
+                  shuffle: bool = True,     # reshuffle every epoch (call `sampler.set_epoch(epoch)`)
+                  drop_last: bool = False,  # drop the tail instead of repeating samples to even out the ranks
+                 ) -> DistributedSampler:
+    "A sampler giving this rank its own part of each epoch; the shuffle is seeded by `seed + epoch`."
+    return DistributedSampler(dataset, num_replicas=self.world_size, rank=self.rank, shuffle=shuffle,
+                              seed=self.seed, drop_last=drop_last)
 
-    @property
-    def rank(self) -> int: return get_rank()
-    @property
-    def world_size(self) -> int: return get_world_size()
-    def is_rank_0(self) -> bool:
-        "True on the process that logs and writes checkpoints."
-        return self.rank == 0
-    def barrier(self) -> None:
-        "Wait for every rank (no-op in a single process)."
-        if _dist_ready(): dist.barrier()
-    def all_reduce(self, data, op: str = 'mean'):
-        "Reduce tensors / numbers (or dicts and lists of them) over all ranks with 'mean', 'sum', 'max' or 'min'."
-        return _all_reduce(data, op)
-    def all_gather(self, tensor: torch.Tensor) -> torch.Tensor:
-        "Concatenate `tensor` from every rank along dim 0."
-        return _all_gather(tensor)
+@patch
+def setup_dataloader(self: Strategy, dataset,         # a map-style dataset
+                     batch_size: int,       # samples per batch on each rank
+                     shuffle: bool = True,  # reshuffle every epoch
+                     collate_fn=None,       # turns a list of samples into a batch
+                     pin_memory: bool = False, # page-locked host memory for faster copies to the GPU
+                     drop_last: bool = False,  # see `setup_sampler`
+                    ) -> DataLoader:
+    "A DataLoader over this rank's part of `dataset`; its `sampler` has `set_epoch`."
+    if not isinstance(batch_size, int) or batch_size < 1: raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+    return DataLoader(dataset, batch_size=batch_size, sampler=self.setup_sampler(dataset, shuffle, drop_last),
+                      collate_fn=collate_fn, pin_memory=pin_memory)
 
-    # --- checkpoints, for strategies whose ranks hold identical full parameters ---
-    def save_model(self, model: nn.Module, # a prepared (or plain) model
-                   path: str|os.PathLike,  # the safetensors file to write
-                   only_rank0: bool = True, # rank 0 writes; False: every rank writes (for disks not shared between nodes)
+# %% ../nbs/08_strategies.ipynb #2c43e236
+@patch(as_prop=True)
+def rank(self: Strategy) -> int: return get_rank()
+
+@patch(as_prop=True)
+def world_size(self: Strategy) -> int: return get_world_size()
+
+@patch
+def is_rank_0(self: Strategy) -> bool:
+    "True on the process that logs and writes checkpoints."
+    return self.rank == 0
+
+@patch
+def barrier(self: Strategy) -> None:
+    "Wait for every rank (no-op in a single process)."
+    if _dist_ready(): dist.barrier()
+
+@patch
+def all_reduce(self: Strategy, data, op: str = 'mean'):
+    "Reduce tensors / numbers (or dicts and lists of them) over all ranks with 'mean', 'sum', 'max' or 'min'."
+    return _all_reduce(data, op)
+
+@patch
+def all_gather(self: Strategy, tensor: torch.Tensor) -> torch.Tensor:
+    "Concatenate `tensor` from every rank along dim 0."
+    return _all_gather(tensor)
+
+# %% ../nbs/08_strategies.ipynb #160c3406
+@patch
+def save_model(self: Strategy, model: nn.Module, # a prepared (or plain) model
+               path: str|os.PathLike,  # the safetensors file to write
+               only_rank0: bool = True, # rank 0 writes; False: every rank writes (for disks not shared between nodes)
+              ) -> None:
+    "Write the unwrapped model's weights to `path` as safetensors, atomically."
+    path = Path(path)
+    if not only_rank0 or self.is_rank_0():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_write(path) as tmp: _st_save_model(self.unwrap_model(model), str(tmp), force_contiguous=True)
+    self.barrier()
+
+@patch
+def load_model(self: Strategy, model: nn.Module, # a prepared (or plain) model
+               path: str|os.PathLike,  # a safetensors file (or a legacy torch state dict)
+               strict: bool = True,    # every key must match
+              ) -> None:
+    "Load weights from `path` into the unwrapped model (every rank reads the file)."
+    _load_weights(self.unwrap_model(model), _check_file(path, 'model'), strict)
+
+# %% ../nbs/08_strategies.ipynb #3aa9d432
+@patch
+def save_optimizer(self: Strategy, optimizer: torch.optim.Optimizer, # the prepared optimizer
+                   path: str|os.PathLike,   # the file to write (torch.save format)
+                   only_rank0: bool = False, # as in ColossalChat; for replicated states every rank writes the same file
                   ) -> None:
-        "Write the unwrapped model's weights to `path` as safetensors, atomically."
-        path = Path(path)
-        if not only_rank0 or self.is_rank_0():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with atomic_write(path) as tmp: _st_save_model(self.unwrap_model(model), str(tmp), force_contiguous=True)
-        self.barrier()
+    "Write the optimizer state with torch.save to a temporary file, then rename it to `path`."
+    path = Path(path)
+    if not only_rank0 or self.is_rank_0():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        state = optimizer.state_dict()
+        with atomic_write(path) as tmp: torch.save(state, tmp)
+    self.barrier()
 
-    def load_model(self, model: nn.Module, # a prepared (or plain) model
-                   path: str|os.PathLike,  # a safetensors file (or a legacy torch state dict)
-                   strict: bool = True,    # every key must match
+@patch
+def load_optimizer(self: Strategy, optimizer: torch.optim.Optimizer, # the prepared optimizer
+                   path: str|os.PathLike, # written by `save_optimizer`
                   ) -> None:
-        "Load weights from `path` into the unwrapped model (every rank reads the file)."
-        _load_weights(self.unwrap_model(model), _check_file(path, 'model'), strict)
-
-    def save_optimizer(self, optimizer: torch.optim.Optimizer, # the prepared optimizer
-                       path: str|os.PathLike,   # the file to write (torch.save format)
-                       only_rank0: bool = False, # as in ColossalChat; for replicated states every rank writes the same file
-                      ) -> None:
-        "Write the optimizer state with torch.save to a temporary file, then rename it to `path`."
-        path = Path(path)
-        if not only_rank0 or self.is_rank_0():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            state = optimizer.state_dict()
-            with atomic_write(path) as tmp: torch.save(state, tmp)
-        self.barrier()
-
-    def load_optimizer(self, optimizer: torch.optim.Optimizer, # the prepared optimizer
-                       path: str|os.PathLike, # written by `save_optimizer`
-                      ) -> None:
-        "Load optimizer state from `path` with torch.load(weights_only=True)."
-        path = _check_file(path, 'optimizer')
-        state = torch.load(path, map_location='cpu', weights_only=True)
-        try: optimizer.load_state_dict(state)
-        except (ValueError, KeyError) as e:
-            raise ValueError(f"optimizer checkpoint {path} does not match this optimizer: {e}") from None
+    "Load optimizer state from `path` with torch.load(weights_only=True)."
+    path = _check_file(path, 'optimizer')
+    state = torch.load(path, map_location='cpu', weights_only=True)
+    try: optimizer.load_state_dict(state)
+    except (ValueError, KeyError) as e:
+        raise ValueError(f"optimizer checkpoint {path} does not match this optimizer: {e}") from None
 
 # %% ../nbs/08_strategies.ipynb #7df48912
 class NaiveStrategy(Strategy):
@@ -286,13 +309,6 @@ def _has_trainable(model: nn.Module) -> bool:
 # %% ../nbs/08_strategies.ipynb #a813ea85
 class DDPStrategy(Strategy):
     "PyTorch DistributedDataParallel under torchrun: gloo on CPU, NCCL on GPU, one replica per process."
-    def __init__(self,
-                 seed: int = 42, # the same on every rank: identical initial models and a shared shuffle
-                 find_unused_parameters: bool = False, # needed when some trainable parameters get no gradient
-                ):
-        self.find_unused_parameters, self._owns_group = find_unused_parameters, False
-        super().__init__(seed)
-
     def setup_distributed(self) -> None:
         "Join (or create) the process group from torchrun's environment and seed this rank."
         if not _dist_ready():
@@ -305,11 +321,6 @@ class DDPStrategy(Strategy):
         self.device = (torch.device('cuda', torch.cuda.current_device()) if dist.get_backend() == 'nccl'
                        else torch.device('cpu'))
         set_seed(self.seed)
-
-    def close(self) -> None:
-        "Destroy the process group if this strategy created it (also runs at exit)."
-        if self._owns_group and _dist_ready(): dist.destroy_process_group()
-        self._owns_group = False
 
     def setup_model(self, model: nn.Module) -> nn.Module:
         "Move `model` to this rank's device and wrap it in DDP (models without trainable parameters are not wrapped)."
@@ -338,6 +349,21 @@ class DDPStrategy(Strategy):
         "The module inside the DDP wrapper."
         return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
 
+# %% ../nbs/08_strategies.ipynb #cfb6d365
+@patch
+def __init__(self: DDPStrategy,
+             seed: int = 42, # the same on every rank: identical initial models and a shared shuffle
+             find_unused_parameters: bool = False, # needed when some trainable parameters get no gradient
+            ):
+    self.find_unused_parameters, self._owns_group = find_unused_parameters, False
+    Strategy.__init__(self, seed)           # a patched method has no zero-argument super()
+
+@patch
+def close(self: DDPStrategy) -> None:
+    "Destroy the process group if this strategy created it (also runs at exit)."
+    if self._owns_group and _dist_ready(): dist.destroy_process_group()
+    self._owns_group = False
+
 # %% ../nbs/08_strategies.ipynb #fb984314
 _COLOSSALAI_HINT = ("ColossalAIStrategy needs the optional package colossalai, which could not be imported ({err}). "
                     "Install it without letting pip replace your torch (colossalai pins an old one): "
@@ -354,64 +380,33 @@ def _import_colossalai():
         raise ImportError(_COLOSSALAI_HINT.format(err=e)) from e
     return colossalai
 
-# %% ../nbs/08_strategies.ipynb #3c8348ec
+# %% ../nbs/08_strategies.ipynb #a8ab945e
 _PLACEMENTS = ('cuda', 'cpu', 'auto', 'static')
 
+def _check_colossalai_options(stage, precision, placement_policy, norm_type, cpu_offload, reduce_bucket_size, max_norm):
+    "Validate the options of `ColossalAIStrategy`; returns the normalised (stage, cpu_offload)."
+    if stage == 'ddp': stage = 0
+    if stage not in (0, 1, 2, 3): raise ValueError(f"stage must be 0 (or 'ddp'), 1, 2 or 3, got {stage!r}")
+    if precision not in ('fp16', 'bf16', 'fp32'): raise ValueError(f"precision must be 'fp16', 'bf16' or 'fp32', got {precision!r}")
+    if stage == 3 and precision == 'fp32': raise ValueError("precision='fp32' is not supported by Gemini (stage=3); use 'fp16' or 'bf16'")
+    if placement_policy not in _PLACEMENTS: raise ValueError(f"placement_policy must be one of {_PLACEMENTS}, got {placement_policy!r}")
+    if stage in (1, 2):
+        if placement_policy == 'auto': raise ValueError("placement_policy='auto' needs stage=3 (Gemini)")
+        if norm_type != 2.0: raise ValueError(f"ZeRO stage {stage} supports only norm_type=2.0, got {norm_type}")
+        cpu_offload = cpu_offload or placement_policy == 'cpu'
+    elif cpu_offload:
+        raise ValueError(f"cpu_offload applies to stage 1/2; for stage {stage} use "
+                         + ("placement_policy='cpu'" if stage == 3 else "stage=2"))
+    if stage == 0 and placement_policy not in ('cuda', 'static'):
+        raise ValueError(f"stage 0 (DDP) keeps everything on the device; placement_policy={placement_policy!r} needs stage 1, 2 or 3")
+    if reduce_bucket_size <= 0: raise ValueError(f"reduce_bucket_size must be positive (bytes), got {reduce_bucket_size}")
+    if max_norm < 0: raise ValueError(f"max_norm must be >= 0, got {max_norm}")
+    return stage, cpu_offload
+
+
+# %% ../nbs/08_strategies.ipynb #3c8348ec
 class ColossalAIStrategy(Strategy):
     "ColossalAI's Booster: ZeRO-1/2 (LowLevelZeroPlugin), ZeRO-3 with Gemini (GeminiPlugin), or DDP (TorchDDPPlugin, stage 0)."
-    def __init__(self,
-                 stage: int|str = 2,          # 0 or 'ddp': TorchDDPPlugin; 1, 2: LowLevelZeroPlugin; 3: GeminiPlugin
-                 precision: str = 'fp16',     # 'fp16', 'bf16' or 'fp32' (Gemini: fp16 / bf16)
-                 seed: int = 42,              # the same on every rank
-                 placement_policy: str = 'cuda', # Gemini: 'cuda', 'cpu', 'auto' or 'static'; stage 1/2: 'cpu' = cpu_offload
-                 pin_memory: bool = True,     # Gemini: page-locked CPU chunks
-                 force_outputs_fp32: bool = False, # Gemini: cast the model's outputs to fp32
-                 search_range_m: int = 32,    # Gemini: chunk-size search range, MB
-                 hidden_dim: int|None = None, # Gemini: chunk sizes are multiples of this
-                 min_chunk_size_m: float = 32, # Gemini: smallest chunk, MB
-                 gpu_margin_mem_ratio: float = 0.0, # Gemini 'auto': share of spare GPU memory for optimizer states
-                 reduce_bucket_size: int = 12 * 1024**2, # ZeRO-1/2: gradient bucket, bytes
-                 overlap_communication: bool = True, # ZeRO-1/2: overlap reduction with backward
-                 initial_scale: float = 2**16, # fp16 loss scale at the start
-                 growth_factor: float = 2,    # loss scale multiplier after `growth_interval` clean steps
-                 backoff_factor: float = 0.5, # loss scale multiplier after an overflow
-                 growth_interval: int = 1000, # clean steps before growing the loss scale
-                 hysteresis: int = 2,         # overflows tolerated before backing off
-                 min_scale: float = 1,        # lower bound of the loss scale
-                 max_scale: float = 2**32,    # upper bound of the loss scale
-                 max_norm: float = 0.0,       # clip the gradient norm to this (0: no clipping)
-                 norm_type: float = 2.0,      # the norm used for clipping (ZeRO-1/2: only 2.0)
-                 cpu_offload: bool = False,   # ZeRO-1/2: optimizer states and update on the CPU
-                ):
-        if stage == 'ddp': stage = 0
-        if stage not in (0, 1, 2, 3): raise ValueError(f"stage must be 0 (or 'ddp'), 1, 2 or 3, got {stage!r}")
-        if precision not in ('fp16', 'bf16', 'fp32'): raise ValueError(f"precision must be 'fp16', 'bf16' or 'fp32', got {precision!r}")
-        if stage == 3 and precision == 'fp32': raise ValueError("precision='fp32' is not supported by Gemini (stage=3); use 'fp16' or 'bf16'")
-        if placement_policy not in _PLACEMENTS: raise ValueError(f"placement_policy must be one of {_PLACEMENTS}, got {placement_policy!r}")
-        if stage in (1, 2):
-            if placement_policy == 'auto': raise ValueError("placement_policy='auto' needs stage=3 (Gemini)")
-            if norm_type != 2.0: raise ValueError(f"ZeRO stage {stage} supports only norm_type=2.0, got {norm_type}")
-            cpu_offload = cpu_offload or placement_policy == 'cpu'
-        elif cpu_offload:
-            raise ValueError(f"cpu_offload applies to stage 1/2; for stage {stage} use "
-                             + ("placement_policy='cpu'" if stage == 3 else "stage=2"))
-        if stage == 0 and placement_policy not in ('cuda', 'static'):
-            raise ValueError(f"stage 0 (DDP) keeps everything on the device; placement_policy={placement_policy!r} needs stage 1, 2 or 3")
-        if reduce_bucket_size <= 0: raise ValueError(f"reduce_bucket_size must be positive (bytes), got {reduce_bucket_size}")
-        if max_norm < 0: raise ValueError(f"max_norm must be >= 0, got {max_norm}")
-        self.stage, self.precision, self.placement_policy, self.cpu_offload = stage, precision, placement_policy, cpu_offload
-        self.pin_memory, self.force_outputs_fp32 = pin_memory, force_outputs_fp32
-        self.search_range_m, self.hidden_dim, self.min_chunk_size_m = search_range_m, hidden_dim, min_chunk_size_m
-        self.gpu_margin_mem_ratio, self.reduce_bucket_size, self.overlap_communication = gpu_margin_mem_ratio, reduce_bucket_size, overlap_communication
-        self.scaler_config = dict(initial_scale=initial_scale, growth_factor=growth_factor, backoff_factor=backoff_factor,
-                                  growth_interval=growth_interval, hysteresis=hysteresis, min_scale=min_scale, max_scale=max_scale)
-        self.max_norm, self.norm_type = max_norm, norm_type
-        self._colossalai, self._owns_group = _import_colossalai(), False
-        super().__init__(seed)
-        from colossalai.booster import Booster
-        self.plugin = self._make_plugin()
-        self.booster = Booster(plugin=self.plugin, mixed_precision=self._mixed_precision())
-
     def setup_distributed(self) -> None:
         "Launch colossalai from torchrun's environment (gloo on CPU, NCCL on GPU) unless a process group exists; seed."
         if not _dist_ready():
@@ -425,43 +420,6 @@ class ColossalAIStrategy(Strategy):
             self._owns_group = True
             atexit.register(self.close)
         set_seed(self.seed)
-
-    def close(self) -> None:
-        "Destroy the process group if this strategy created it (also runs at exit)."
-        if self._owns_group and _dist_ready(): dist.destroy_process_group()
-        self._owns_group = False
-
-    def _make_plugin(self):
-        from colossalai.booster.plugin import GeminiPlugin, LowLevelZeroPlugin, TorchDDPPlugin
-        sc = self.scaler_config
-        if self.stage == 0: return TorchDDPPlugin()
-        if self.stage in (1, 2):
-            return LowLevelZeroPlugin(stage=self.stage, precision=self.precision, **sc, max_norm=self.max_norm,
-                                      norm_type=self.norm_type, reduce_bucket_size_in_m=self.reduce_bucket_size / 1024**2,
-                                      overlap_communication=self.overlap_communication, cpu_offload=self.cpu_offload)
-        placement = {'cuda': dict(placement_policy='static', shard_param_frac=1.0, offload_optim_frac=0.0, offload_param_frac=0.0),
-                     'cpu': dict(placement_policy='static', shard_param_frac=1.0, offload_optim_frac=1.0, offload_param_frac=1.0),
-                     'auto': dict(placement_policy='auto'), 'static': dict(placement_policy='static')}[self.placement_policy]
-        return GeminiPlugin(**placement, precision=self.precision, pin_memory=self.pin_memory,
-                            force_outputs_fp32=self.force_outputs_fp32, search_range_m=self.search_range_m,
-                            hidden_dim=self.hidden_dim, min_chunk_size_m=self.min_chunk_size_m,
-                            gpu_margin_mem_ratio=self.gpu_margin_mem_ratio, **sc, max_norm=self.max_norm, norm_type=self.norm_type)
-
-    def _mixed_precision(self):
-        "Stage 0 only: torch AMP for fp16 / bf16 (the ZeRO and Gemini plugins handle precision themselves)."
-        if self.stage != 0 or self.precision == 'fp32': return None
-        if self.precision == 'bf16': return 'bf16'
-        from colossalai.booster.mixed_precision import FP16TorchMixedPrecision
-        sc = self.scaler_config
-        return FP16TorchMixedPrecision(init_scale=sc['initial_scale'], growth_factor=sc['growth_factor'],
-                                       backoff_factor=sc['backoff_factor'], growth_interval=sc['growth_interval'])
-
-    def model_init_context(self):
-        "Gemini (stage 3): lazy initialisation, materialised shard by shard in `boost`; otherwise a no-op."
-        if self.stage != 3: return contextlib.nullcontext()
-        from colossalai.accelerator import get_accelerator
-        from colossalai.lazy import LazyInitContext
-        return LazyInitContext(default_device=get_accelerator().get_current_device())
 
     def setup_model(self, model: nn.Module) -> nn.Module:
         "Boost a model that has no optimizer (e.g. PPO's initial or reward model)."
@@ -477,12 +435,6 @@ class ColossalAIStrategy(Strategy):
         raise RuntimeError("ColossalAIStrategy boosts a model together with its optimizer; "
                            "use strategy.prepare((model, optimizer)) instead of setup_model / setup_optimizer")
 
-    def _prepare_pair(self, model, optimizer):
-        if not isinstance(optimizer, torch.optim.Optimizer):
-            raise TypeError(f"prepare expects a torch.optim.Optimizer, got {type(optimizer).__name__}")
-        model, optimizer, *_ = self.booster.boost(model, optimizer)
-        return model, optimizer
-
     def backward(self, loss, model, optimizer, **kwargs) -> None:
         "Back-propagate through the Booster (loss scaling, gradient partitioning)."
         self.booster.backward(loss, optimizer)
@@ -497,75 +449,173 @@ class ColossalAIStrategy(Strategy):
         from colossalai.interface import ModelWrapper
         return model.unwrap() if isinstance(model, ModelWrapper) else model
 
-    # --- checkpoints through the Booster (it gathers ZeRO / Gemini shards) ---
-    @contextlib.contextmanager
-    def _target(self, path: Path, suffix: str, is_dir: bool = False):
-        "Rank 0: a temporary path next to `path`, moved into place on success; other ranks: a throwaway path."
-        if not self.is_rank_0():
-            with tempfile.TemporaryDirectory() as d: yield str(Path(d)/f'unused{suffix}')
-            return
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if is_dir:
-            tmp = Path(tempfile.mkdtemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent))
-            try:
-                yield str(tmp)
-                old = path.with_name(f'.{path.name}.old')
-                shutil.rmtree(old, ignore_errors=True)
-                if path.exists(): os.replace(path, old)
-                os.replace(tmp, path)
-                shutil.rmtree(old, ignore_errors=True)
-            finally: shutil.rmtree(tmp, ignore_errors=True)
-            return
-        with atomic_write(path) as tmp:
-            inner = tmp.with_name(tmp.name + suffix)                    # colossalai picks the format from the suffix
-            try:
-                yield str(inner)
-                os.replace(inner, tmp)
-            finally:
-                with contextlib.suppress(FileNotFoundError): os.unlink(inner)
+# %% ../nbs/08_strategies.ipynb #143d7d31
+@patch
+def __init__(self: ColossalAIStrategy,
+             stage: int|str = 2,          # 0 or 'ddp': TorchDDPPlugin; 1, 2: LowLevelZeroPlugin; 3: GeminiPlugin
+             precision: str = 'fp16',     # 'fp16', 'bf16' or 'fp32' (Gemini: fp16 / bf16)
+             seed: int = 42,              # the same on every rank
+             placement_policy: str = 'cuda', # Gemini: 'cuda', 'cpu', 'auto' or 'static'; stage 1/2: 'cpu' = cpu_offload
+             pin_memory: bool = True,     # Gemini: page-locked CPU chunks
+             force_outputs_fp32: bool = False, # Gemini: cast the model's outputs to fp32
+             search_range_m: int = 32,    # Gemini: chunk-size search range, MB
+             hidden_dim: int|None = None, # Gemini: chunk sizes are multiples of this
+             min_chunk_size_m: float = 32, # Gemini: smallest chunk, MB
+             gpu_margin_mem_ratio: float = 0.0, # Gemini 'auto': share of spare GPU memory for optimizer states
+             reduce_bucket_size: int = 12 * 1024**2, # ZeRO-1/2: gradient bucket, bytes
+             overlap_communication: bool = True, # ZeRO-1/2: overlap reduction with backward
+             initial_scale: float = 2**16, # fp16 loss scale at the start
+             growth_factor: float = 2,    # loss scale multiplier after `growth_interval` clean steps
+             backoff_factor: float = 0.5, # loss scale multiplier after an overflow
+             growth_interval: int = 1000, # clean steps before growing the loss scale
+             hysteresis: int = 2,         # overflows tolerated before backing off
+             min_scale: float = 1,        # lower bound of the loss scale
+             max_scale: float = 2**32,    # upper bound of the loss scale
+             max_norm: float = 0.0,       # clip the gradient norm to this (0: no clipping)
+             norm_type: float = 2.0,      # the norm used for clipping (ZeRO-1/2: only 2.0)
+             cpu_offload: bool = False,   # ZeRO-1/2: optimizer states and update on the CPU
+            ):
+    stage, cpu_offload = _check_colossalai_options(stage, precision, placement_policy, norm_type, cpu_offload,
+                                                  reduce_bucket_size, max_norm)
+    self.stage, self.precision, self.placement_policy, self.cpu_offload = stage, precision, placement_policy, cpu_offload
+    self.pin_memory, self.force_outputs_fp32 = pin_memory, force_outputs_fp32
+    self.search_range_m, self.hidden_dim, self.min_chunk_size_m = search_range_m, hidden_dim, min_chunk_size_m
+    self.gpu_margin_mem_ratio, self.reduce_bucket_size, self.overlap_communication = gpu_margin_mem_ratio, reduce_bucket_size, overlap_communication
+    self.scaler_config = dict(initial_scale=initial_scale, growth_factor=growth_factor, backoff_factor=backoff_factor,
+                              growth_interval=growth_interval, hysteresis=hysteresis, min_scale=min_scale, max_scale=max_scale)
+    self.max_norm, self.norm_type = max_norm, norm_type
+    self._colossalai, self._owns_group = _import_colossalai(), False
+    Strategy.__init__(self, seed)           # a patched method has no zero-argument super()
+    from colossalai.booster import Booster
+    self.plugin = self._make_plugin()
+    self.booster = Booster(plugin=self.plugin, mixed_precision=self._mixed_precision())
 
-    def save_model(self, model, path, only_rank0: bool = True) -> None:
-        "Write safetensors: one file from rank 0 (plain keys, loadable by any strategy), or (only_rank0=False) colossalai's sharded folder."
-        path = Path(path)
-        if only_rank0 and self.stage != 3:
-            # DDP and ZeRO-1/2 keep full working weights on every rank: write the user's module itself (colossalai's
-            # own unsharded ZeRO file would prefix every key with 'module.')
-            if hasattr(model, '_force_wait_all_gather'): model._force_wait_all_gather()
-            return super().save_model(model, path, only_rank0=True)
-        with self._target(path, '.safetensors', is_dir=not only_rank0) as target:   # Gemini gathers its chunks here
-            self.booster.save_model(model, target, shard=not only_rank0, use_safetensors=True)
-        self.barrier()
+# %% ../nbs/08_strategies.ipynb #c088b342
+@patch
+def close(self: ColossalAIStrategy) -> None:
+    "Destroy the process group if this strategy created it (also runs at exit)."
+    if self._owns_group and _dist_ready(): dist.destroy_process_group()
+    self._owns_group = False
 
-    def load_model(self, model, path, strict: bool = True) -> None:
-        "Load a file written by any strategy (or colossalai's sharded folder); ZeRO's fp32 master weights follow."
-        path = _check_file(path, 'model')
-        if path.is_dir(): return self.booster.load_model(model, str(path), strict=strict)
-        if self.stage != 3:
-            super().load_model(model, path, strict)
-            update = getattr(model, 'update_master_params', None)      # ZeRO: copy into the sharded fp32 masters
-            if callable(update): update()
-            return
-        suffix = '.safetensors' if _checkpoint_format(path) == 'safetensors' else '.bin'
-        with tempfile.TemporaryDirectory() as d:                       # colossalai picks the format from the suffix
-            link = Path(d)/f'model{suffix}'
-            link.symlink_to(path.resolve())
-            self.booster.load_model(model, str(link), strict=strict)
+@patch
+def _make_plugin(self: ColossalAIStrategy):
+    from colossalai.booster.plugin import GeminiPlugin, LowLevelZeroPlugin, TorchDDPPlugin
+    sc = self.scaler_config
+    if self.stage == 0: return TorchDDPPlugin()
+    if self.stage in (1, 2):
+        return LowLevelZeroPlugin(stage=self.stage, precision=self.precision, **sc, max_norm=self.max_norm,
+                                  norm_type=self.norm_type, reduce_bucket_size_in_m=self.reduce_bucket_size / 1024**2,
+                                  overlap_communication=self.overlap_communication, cpu_offload=self.cpu_offload)
+    placement = {'cuda': dict(placement_policy='static', shard_param_frac=1.0, offload_optim_frac=0.0, offload_param_frac=0.0),
+                 'cpu': dict(placement_policy='static', shard_param_frac=1.0, offload_optim_frac=1.0, offload_param_frac=1.0),
+                 'auto': dict(placement_policy='auto'), 'static': dict(placement_policy='static')}[self.placement_policy]
+    return GeminiPlugin(**placement, precision=self.precision, pin_memory=self.pin_memory,
+                        force_outputs_fp32=self.force_outputs_fp32, search_range_m=self.search_range_m,
+                        hidden_dim=self.hidden_dim, min_chunk_size_m=self.min_chunk_size_m,
+                        gpu_margin_mem_ratio=self.gpu_margin_mem_ratio, **sc, max_norm=self.max_norm, norm_type=self.norm_type)
 
-    def save_optimizer(self, optimizer, path, only_rank0: bool = False) -> None:
-        "Gather the optimizer state: one torch file from rank 0 (only_rank0=True), or colossalai's sharded folder."
-        path = Path(path)
-        with self._target(path, '.bin', is_dir=not only_rank0) as target:
-            self.booster.save_optimizer(optimizer, target, shard=not only_rank0)
-        self.barrier()
+@patch
+def _mixed_precision(self: ColossalAIStrategy):
+    "Stage 0 only: torch AMP for fp16 / bf16 (the ZeRO and Gemini plugins handle precision themselves)."
+    if self.stage != 0 or self.precision == 'fp32': return None
+    if self.precision == 'bf16': return 'bf16'
+    from colossalai.booster.mixed_precision import FP16TorchMixedPrecision
+    sc = self.scaler_config
+    return FP16TorchMixedPrecision(init_scale=sc['initial_scale'], growth_factor=sc['growth_factor'],
+                                   backoff_factor=sc['backoff_factor'], growth_interval=sc['growth_interval'])
 
-    def load_optimizer(self, optimizer, path) -> None:
-        "Load optimizer state saved by `save_optimizer`; each rank keeps its own partition."
-        path = _check_file(path, 'optimizer')
-        if path.is_dir(): return self.booster.load_optimizer(optimizer, str(path))
-        with tempfile.TemporaryDirectory() as d:
-            link = Path(d)/'optim.bin'
-            link.symlink_to(path.resolve())
-            self.booster.load_optimizer(optimizer, str(link))
+# %% ../nbs/08_strategies.ipynb #d0cfeca9
+@patch
+def model_init_context(self: ColossalAIStrategy):
+    "Gemini (stage 3): lazy initialisation, materialised shard by shard in `boost`; otherwise a no-op."
+    if self.stage != 3: return contextlib.nullcontext()
+    from colossalai.accelerator import get_accelerator
+    from colossalai.lazy import LazyInitContext
+    return LazyInitContext(default_device=get_accelerator().get_current_device())
+
+@patch
+def _prepare_pair(self: ColossalAIStrategy, model, optimizer):
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise TypeError(f"prepare expects a torch.optim.Optimizer, got {type(optimizer).__name__}")
+    model, optimizer, *_ = self.booster.boost(model, optimizer)
+    return model, optimizer
+
+# %% ../nbs/08_strategies.ipynb #18e73742
+@patch
+@contextlib.contextmanager
+def _target(self: ColossalAIStrategy, path: Path, suffix: str, is_dir: bool = False):
+    "Rank 0: a temporary path next to `path`, moved into place on success; other ranks: a throwaway path."
+    if not self.is_rank_0():
+        with tempfile.TemporaryDirectory() as d: yield str(Path(d)/f'unused{suffix}')
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if is_dir:
+        tmp = Path(tempfile.mkdtemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent))
+        try:
+            yield str(tmp)
+            old = path.with_name(f'.{path.name}.old')
+            shutil.rmtree(old, ignore_errors=True)
+            if path.exists(): os.replace(path, old)
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        finally: shutil.rmtree(tmp, ignore_errors=True)
+        return
+    with atomic_write(path) as tmp:
+        inner = tmp.with_name(tmp.name + suffix)                    # colossalai picks the format from the suffix
+        try:
+            yield str(inner)
+            os.replace(inner, tmp)
+        finally:
+            with contextlib.suppress(FileNotFoundError): os.unlink(inner)
+
+# %% ../nbs/08_strategies.ipynb #d9b2319f
+@patch
+def save_model(self: ColossalAIStrategy, model, path, only_rank0: bool = True) -> None:
+    "Write safetensors: one file from rank 0 (plain keys, loadable by any strategy), or (only_rank0=False) colossalai's sharded folder."
+    path = Path(path)
+    if only_rank0 and self.stage != 3:
+        # DDP and ZeRO-1/2 keep full working weights on every rank: write the user's module itself (colossalai's
+        # own unsharded ZeRO file would prefix every key with 'module.')
+        if hasattr(model, '_force_wait_all_gather'): model._force_wait_all_gather()
+        return Strategy.save_model(self, model, path, only_rank0=True)
+    with self._target(path, '.safetensors', is_dir=not only_rank0) as target:   # Gemini gathers its chunks here
+        self.booster.save_model(model, target, shard=not only_rank0, use_safetensors=True)
+    self.barrier()
+
+@patch
+def load_model(self: ColossalAIStrategy, model, path, strict: bool = True) -> None:
+    "Load a file written by any strategy (or colossalai's sharded folder); ZeRO's fp32 master weights follow."
+    path = _check_file(path, 'model')
+    if path.is_dir(): return self.booster.load_model(model, str(path), strict=strict)
+    if self.stage != 3:
+        Strategy.load_model(self, model, path, strict)
+        update = getattr(model, 'update_master_params', None)      # ZeRO: copy into the sharded fp32 masters
+        if callable(update): update()
+        return
+    suffix = '.safetensors' if _checkpoint_format(path) == 'safetensors' else '.bin'
+    with tempfile.TemporaryDirectory() as d:                       # colossalai picks the format from the suffix
+        link = Path(d)/f'model{suffix}'
+        link.symlink_to(path.resolve())
+        self.booster.load_model(model, str(link), strict=strict)
+
+# %% ../nbs/08_strategies.ipynb #61652ff8
+@patch
+def save_optimizer(self: ColossalAIStrategy, optimizer, path, only_rank0: bool = False) -> None:
+    "Gather the optimizer state: one torch file from rank 0 (only_rank0=True), or colossalai's sharded folder."
+    path = Path(path)
+    with self._target(path, '.bin', is_dir=not only_rank0) as target:
+        self.booster.save_optimizer(optimizer, target, shard=not only_rank0)
+    self.barrier()
+
+@patch
+def load_optimizer(self: ColossalAIStrategy, optimizer, path) -> None:
+    "Load optimizer state saved by `save_optimizer`; each rank keeps its own partition."
+    path = _check_file(path, 'optimizer')
+    if path.is_dir(): return self.booster.load_optimizer(optimizer, str(path))
+    with tempfile.TemporaryDirectory() as d:
+        link = Path(d)/'optim.bin'
+        link.symlink_to(path.resolve())
+        self.booster.load_optimizer(optimizer, str(link))
 
 # %% ../nbs/08_strategies.ipynb #ee6a1333
 @patch

@@ -45,25 +45,28 @@ class MetricsLogger:
                 self._tb = SummaryWriter(str(tensorboard_dir))
             except ImportError: self._tb = None
 
-    def log(self, metrics: dict, # name -> number (tensors are averaged)
-            step: int,           # global step
-            stage: str = '',     # e.g. 'sft', 'rm', 'ppo'
-           ) -> dict:
-        "Record `metrics` at `step`; non-finite numbers raise, so a NaN never hides in a log."
-        rec = {'stage': stage, 'step': int(step), 'time': time.time()}
-        for k, v in metrics.items():
-            v = _to_number(v)
-            if isinstance(v, float) and not math.isfinite(v):
-                raise FloatingPointError(f"metric {k!r} is {v} at {stage} step {step}")
-            rec[k] = v
-        self.records.append(rec)
-        if self.path is not None and is_rank_0():
-            with open(self.path, 'a', encoding='utf-8') as f: f.write(json.dumps(rec, ensure_ascii=False) + '\n')
-        if self._tb is not None:
-            for k, v in rec.items():
-                if isinstance(v, (int, float)) and k not in ('step', 'time'): self._tb.add_scalar(f'{stage}/{k}' if stage else k, v, step)
-        return rec
+# %% ../../nbs/08a_trainer_base.ipynb #e830eb73
+@patch
+def log(self: MetricsLogger, metrics: dict, # name -> number (tensors are averaged)
+        step: int,           # global step
+        stage: str = '',     # e.g. 'sft', 'rm', 'ppo'
+       ) -> dict:
+    "Record `metrics` at `step`; non-finite numbers raise, so a NaN never hides in a log."
+    rec = {'stage': stage, 'step': int(step), 'time': time.time()}
+    for k, v in metrics.items():
+        v = _to_number(v)
+        if isinstance(v, float) and not math.isfinite(v):
+            raise FloatingPointError(f"metric {k!r} is {v} at {stage} step {step}")
+        rec[k] = v
+    self.records.append(rec)
+    if self.path is not None and is_rank_0():
+        with open(self.path, 'a', encoding='utf-8') as f: f.write(json.dumps(rec, ensure_ascii=False) + '\n')
+    if self._tb is not None:
+        for k, v in rec.items():
+            if isinstance(v, (int, float)) and k not in ('step', 'time'): self._tb.add_scalar(f'{stage}/{k}' if stage else k, v, step)
+    return rec
 
+# %% ../../nbs/08a_trainer_base.ipynb #d721a53d
 def read_metrics(path: str|os.PathLike, # a JSON lines file written by MetricsLogger
                  stage: str|None = None, # keep only this stage
                 ) -> list[dict]:
@@ -211,6 +214,7 @@ def check_finite_weights(model: nn.Module, # the model about to be saved
         if torch.is_tensor(t) and t.is_floating_point() and not torch.isfinite(t).all():
             raise FloatingPointError(f"{what}: {name} holds NaN or infinite values; it was not saved (lower the learning rate?)")
 
+# %% ../../nbs/08a_trainer_base.ipynb #cf7dee1a
 def save_checkpoint(ckpt_dir: str|os.PathLike, # the run's checkpoint folder; holds step-N/ folders and `latest`
                     step: int,                # global step this checkpoint resumes after
                     models: dict[str, nn.Module], # name -> model, e.g. {'actor': actor, 'critic': critic}
@@ -247,6 +251,7 @@ def save_checkpoint(ckpt_dir: str|os.PathLike, # the run's checkpoint folder; ho
             if s != step: shutil.rmtree(root/f'step-{s}', ignore_errors=True)
     return final
 
+# %% ../../nbs/08a_trainer_base.ipynb #dc1e6ff7
 def latest_checkpoint(ckpt_dir: str|os.PathLike, # the run's checkpoint folder
                      ) -> Path|None:
     "The folder `latest` points at, or None when there is no complete checkpoint."

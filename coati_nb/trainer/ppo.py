@@ -55,15 +55,19 @@ class DataStream:
         self.index += 1
         return batch
 
-    def state_dict(self) -> dict:
-        "The position (pass, index) and the sampler's shuffle seed: together they fix every batch still to come."
-        seed = getattr(getattr(self.dataloader, 'sampler', None), 'seed', None)
-        return {'passes': self.passes, 'index': self.index, **({'seed': int(seed)} if isinstance(seed, int) else {})}
-    def load_state_dict(self, st: dict) -> None:
-        "Continue from a saved position (the next `next()` re-creates the iterator there) in the saved shuffle order."
-        self.passes, self.index, self._it = int(st['passes']), int(st['index']), None
-        sampler = getattr(self.dataloader, 'sampler', None)
-        if 'seed' in st and hasattr(sampler, 'seed'): sampler.seed = int(st['seed'])
+# %% ../../nbs/11_ppo.ipynb #0c5eda68
+@patch
+def state_dict(self: DataStream) -> dict:
+    "The position (pass, index) and the sampler's shuffle seed: together they fix every batch still to come."
+    seed = getattr(getattr(self.dataloader, 'sampler', None), 'seed', None)
+    return {'passes': self.passes, 'index': self.index, **({'seed': int(seed)} if isinstance(seed, int) else {})}
+
+@patch
+def load_state_dict(self: DataStream, st: dict) -> None:
+    "Continue from a saved position (the next `next()` re-creates the iterator there) in the saved shuffle order."
+    self.passes, self.index, self._it = int(st['passes']), int(st['index']), None
+    sampler = getattr(self.dataloader, 'sampler', None)
+    if 'seed' in st and hasattr(sampler, 'seed'): sampler.seed = int(st['seed'])
 
 # %% ../../nbs/11_ppo.ipynb #8f7a12b4
 PPO_PRESETS = {
@@ -115,6 +119,21 @@ def _check_positive(**kw):
     for k, v in kw.items():
         if isinstance(v, bool) or not isinstance(v, int) or v < 1: raise ValueError(f"{k} must be an int >= 1, got {v!r}")
 
+# %% ../../nbs/11_ppo.ipynb #7f0c77ac
+def _check_ppo_options(ptx_mode, ptx_stream, prompt_stream, update_schedule, ptx_coef, train_batch_size, max_epochs,
+                       save_interval, generate_kwargs):
+    "Validate the options of `PPOTrainer` with a clear message for each."
+    if ptx_mode not in ('additive', 'convex'): raise ValueError(f"ptx_mode must be 'additive' or 'convex', got {ptx_mode!r}")
+    if ptx_stream not in ('advance', 'restart'): raise ValueError(f"ptx_stream must be 'advance' or 'restart', got {ptx_stream!r}")
+    if prompt_stream not in ('advance', 'restart'): raise ValueError(f"prompt_stream must be 'advance' or 'restart', got {prompt_stream!r}")
+    if update_schedule not in ('episode', 'global'): raise ValueError(f"update_schedule must be 'episode' or 'global', got {update_schedule!r}")
+    if ptx_coef < 0 or (ptx_mode == 'convex' and ptx_coef > 1):
+        raise ValueError(f"ptx_coef must be >= 0{' and <= 1 with ptx_mode=convex' if ptx_mode == 'convex' else ''}, got {ptx_coef}")
+    _check_positive(train_batch_size=train_batch_size, max_epochs=max_epochs)
+    if save_interval < 0: raise ValueError(f"save_interval must be >= 0, got {save_interval}")
+    if 'max_length' not in generate_kwargs and 'max_new_tokens' not in generate_kwargs:
+        raise ValueError("give max_length or max_new_tokens (generation arguments) to PPOTrainer")
+
 # %% ../../nbs/11_ppo.ipynb #b7c0f68b
 class PPOTrainer(Trainer):
     "PPO for RLHF (ColossalChat's loop): rollouts into a replay buffer, then clipped policy (+PTX) and value updates."
@@ -155,16 +174,8 @@ class PPOTrainer(Trainer):
                  checkpoint_frozen: bool = False, # also checkpoint the reference and reward models (when they were built at random)
                  **generate_kwargs,             # for actor.generate: max_length / max_new_tokens, do_sample, top_k, ...
                 ):
-        if ptx_mode not in ('additive', 'convex'): raise ValueError(f"ptx_mode must be 'additive' or 'convex', got {ptx_mode!r}")
-        if ptx_stream not in ('advance', 'restart'): raise ValueError(f"ptx_stream must be 'advance' or 'restart', got {ptx_stream!r}")
-        if prompt_stream not in ('advance', 'restart'): raise ValueError(f"prompt_stream must be 'advance' or 'restart', got {prompt_stream!r}")
-        if update_schedule not in ('episode', 'global'): raise ValueError(f"update_schedule must be 'episode' or 'global', got {update_schedule!r}")
-        if ptx_coef < 0 or (ptx_mode == 'convex' and ptx_coef > 1):
-            raise ValueError(f"ptx_coef must be >= 0{' and <= 1 with ptx_mode=convex' if ptx_mode == 'convex' else ''}, got {ptx_coef}")
-        _check_positive(train_batch_size=train_batch_size, max_epochs=max_epochs)
-        if save_interval < 0: raise ValueError(f"save_interval must be >= 0, got {save_interval}")
-        if 'max_length' not in generate_kwargs and 'max_new_tokens' not in generate_kwargs:
-            raise ValueError("give max_length or max_new_tokens (generation arguments) to PPOTrainer")
+        _check_ppo_options(ptx_mode, ptx_stream, prompt_stream, update_schedule, ptx_coef, train_batch_size, max_epochs,
+                           save_interval, generate_kwargs)
         super().__init__(strategy, callbacks)           # the metrics file is opened by `fit` (fresh, or resumed)
         self.actor, self.critic = actor, critic
         self.reward_model, self.initial_model = reward_model, initial_model
