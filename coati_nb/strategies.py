@@ -331,6 +331,8 @@ class DDPStrategy(Strategy):
         ids = [self.device.index] if self.device.type == 'cuda' else None
         return nn.parallel.DistributedDataParallel(model, device_ids=ids, find_unused_parameters=self.find_unused_parameters)
 
+    # setup_optimizer, backward and optimizer_step make the same calls as NaiveStrategy's, on purpose (a lesson repeat):
+    # DDP's gradient averaging lives in the wrapper's hooks, not in these methods
     def setup_optimizer(self, optimizer, model):
         "Return `optimizer` unchanged (it already holds the model's parameters)."
         if not isinstance(optimizer, torch.optim.Optimizer):
