@@ -157,7 +157,7 @@ class PPOTrainer(Trainer):
                  sample_buffer: bool = False,   # ColossalChat's sample_replay_buffer: `max_epochs` random batches
                  max_epochs: int = 1,           # passes over the buffer per update
                  *,
-                 experience_options: dict|None = None, # corrections for NaiveExperienceMaker (see 06_experience)
+                 experience_options: dict|None = None, # corrections for NaiveExperienceMaker (see 06_experience_maker)
                  ptx_mode: str = 'additive',    # 'additive' (InstructGPT) or 'convex' (ColossalChat)
                  ptx_stream: str = 'advance',   # 'advance' or 'restart' (ColossalChat's next(iter(loader)))
                  value_loss_use_action_mask: bool = True, # False: ColossalChat's value loss ignores the mask
