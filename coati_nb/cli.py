@@ -150,6 +150,11 @@ def _check_strategy(a, prog: str) -> None:
                          f"not set): torchrun --nproc_per_node=N $(which {prog}) --strategy {name} ...")
 
 
+def _make_strategy(a):
+    "The --strategy. ZeRO / Gemini clip inside the optimizer's step, so the trainer's --max_norm goes to the engine."
+    kw = {'max_norm': a.max_norm} if a.strategy.startswith('colossalai') and getattr(a, 'max_norm', None) else {}
+    return strategy_from_name(a.strategy, seed=a.seed, **kw)
+
 # %% ../nbs/15_cli.ipynb #4259a5b6
 def sft_parser() -> argparse.ArgumentParser:
     p = _common(argparse.ArgumentParser(prog='coati_nb_train_sft', description='Supervised fine-tuning (ColossalChat train_sft.py flags).'))
@@ -172,7 +177,7 @@ def train_sft_cli(argv: list[str]|None = None) -> int:
     "coati_nb_train_sft: supervised fine-tuning with ColossalChat's flags."
     a = sft_parser().parse_args(argv); _check_strategy(a, 'coati_nb_train_sft')
     _check_paths(a, 'pretrain', 'tokenizer', 'dataset', 'eval_dataset'); _check_writable(a, 'save_path')
-    strategy = strategy_from_name(a.strategy, seed=a.seed)
+    strategy = _make_strategy(a)
     set_seed(a.seed)                                           # model initialisation, sampling and shuffles repeat with --seed
     tok = _tokenizer(a)
     train = _sft_dataset(a.dataset or toy_data_path('corpus' if a.pretrain_text else 'sft'), tok, a)
@@ -259,7 +264,7 @@ def train_rm_cli(argv: list[str]|None = None) -> int:
     "coati_nb_train_rm: reward model training with ColossalChat's flags."
     a = rm_parser().parse_args(argv); _check_strategy(a, 'coati_nb_train_rm')
     _check_paths(a, 'pretrain', 'tokenizer', 'dataset', 'eval_dataset', 'model_path'); _check_writable(a, 'save_path')
-    strategy = strategy_from_name(a.strategy, seed=a.seed)
+    strategy = _make_strategy(a)
     set_seed(a.seed)                                           # model initialisation, sampling and shuffles repeat with --seed
     tok = _tokenizer(a)
     n_train, n_eval = (100, 10) if a.test else (a.max_datasets_size, None)   # train_reward_model.py:107-109
@@ -369,7 +374,7 @@ def build_ppo(a: argparse.Namespace, # parsed `prompts_parser()` flags
     if a.ptx_stream is not None: tr['ptx_stream'] = a.ptx_stream
     ptx_coef = preset['ptx_coef'] if a.ptx_coef is None else a.ptx_coef
     if tr['ptx_mode'] == 'convex' and ptx_coef > 1: raise SystemExit(f"error: --ptx_coef {ptx_coef} must be <= 1 with --ptx_mode convex")
-    strategy = strategy_from_name(a.strategy, seed=a.seed)
+    strategy = _make_strategy(a)
     set_seed(a.seed)                                           # model initialisation, sampling and shuffles repeat with --seed
     tok = _tokenizer(a)
     if mo['pad_is_eos']: tok.pad_token = tok.eos_token          # ColossalChat (not LLaMA): tokenizer.pad_token = tokenizer.eos_token
