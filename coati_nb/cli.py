@@ -156,6 +156,12 @@ def _make_strategy(a):
     return strategy_from_name(a.strategy, seed=a.seed, **kw)
 
 # %% ../nbs/15_cli.ipynb #4259a5b6
+def _epoch_checkpoints(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    "--ckpt_dir / --resume for the supervised scripts: a checkpoint after every epoch (SLTrainer.fit, 08a §4.6)."
+    p.add_argument('--ckpt_dir', default=None, help='write a resumable checkpoint here after every epoch (default: none)')
+    p.add_argument('--resume', action='store_true', help='continue after the newest epoch checkpoint in --ckpt_dir')
+    return p
+
 def sft_parser() -> argparse.ArgumentParser:
     p = _common(argparse.ArgumentParser(prog='coati_nb_train_sft', description='Supervised fine-tuning (ColossalChat train_sft.py flags).'))
     p.add_argument('--dataset', default=None, help='instruction data: a local file or folder, or hub:NAME (default: the bundled toy SFT data)')
@@ -163,7 +169,7 @@ def sft_parser() -> argparse.ArgumentParser:
     p.add_argument('--pretrain_text', action='store_true', help='--dataset holds plain {"text": ...} rows: continued pre-training')
     p.add_argument('--accumulation_steps', type=_positive(int), default=8)
     p.add_argument('--max_norm', type=_positive(float), default=1.0)
-    return p
+    return _epoch_checkpoints(p)
 
 def _sft_dataset(path, tokenizer, a):
     if a.pretrain_text: return TextDataset(path, tokenizer, a.max_len, a.max_datasets_size)
@@ -176,7 +182,8 @@ def _sft_dataset(path, tokenizer, a):
 def train_sft_cli(argv: list[str]|None = None) -> int:
     "coati_nb_train_sft: supervised fine-tuning with ColossalChat's flags."
     a = sft_parser().parse_args(argv); _check_strategy(a, 'coati_nb_train_sft')
-    _check_paths(a, 'pretrain', 'tokenizer', 'dataset', 'eval_dataset'); _check_writable(a, 'save_path')
+    _check_paths(a, 'pretrain', 'tokenizer', 'dataset', 'eval_dataset'); _check_writable(a, 'save_path', 'ckpt_dir')
+    if a.resume and not a.ckpt_dir: raise ValueError('--resume needs --ckpt_dir (where the epoch checkpoints are)')
     strategy = _make_strategy(a)
     set_seed(a.seed)                                           # model initialisation, sampling and shuffles repeat with --seed
     tok = _tokenizer(a)
@@ -191,8 +198,8 @@ def train_sft_cli(argv: list[str]|None = None) -> int:
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(optim, steps, eta_min=a.lr * 0.1)
     metrics = _metrics_path(a)
     t = SFTTrainer(model, strategy, optim, sched, a.max_epochs, a.accumulation_steps, a.max_norm, metrics_path=metrics,
-                   log_interval=a.log_interval)
-    t.fit(dl, strategy.setup_dataloader(ev, a.batch_size, shuffle=False, collate_fn=collate) if ev else None)
+                   log_interval=a.log_interval, ckpt_dir=a.ckpt_dir)
+    t.fit(dl, strategy.setup_dataloader(ev, a.batch_size, shuffle=False, collate_fn=collate) if ev else None, resume=a.resume)
     _save(strategy, model, tok, a, optim)
     return 0
 
@@ -207,7 +214,7 @@ def rm_parser() -> argparse.ArgumentParser:
     p.add_argument('--pooling', choices=('last', 'mean'), default='last', help="'last' real token, or ColossalChat's 'mean' over all positions")
     p.add_argument('--test', type=_bool, default=False, help='a quick run on a small part of the data')
     p.add_argument('--max_norm', type=_positive(float), default=1.0)
-    return p
+    return _epoch_checkpoints(p)
 
 def _pairs(path, subset, split, tokenizer, a, limit):
     "The pairs of one split; None for a held-out split the data does not have (a single file is all training data)."
@@ -263,7 +270,8 @@ def load_reward_model_weights(model: torch.nn.Module, # a RewardModel (or Critic
 def train_rm_cli(argv: list[str]|None = None) -> int:
     "coati_nb_train_rm: reward model training with ColossalChat's flags."
     a = rm_parser().parse_args(argv); _check_strategy(a, 'coati_nb_train_rm')
-    _check_paths(a, 'pretrain', 'tokenizer', 'dataset', 'eval_dataset', 'model_path'); _check_writable(a, 'save_path')
+    _check_paths(a, 'pretrain', 'tokenizer', 'dataset', 'eval_dataset', 'model_path'); _check_writable(a, 'save_path', 'ckpt_dir')
+    if a.resume and not a.ckpt_dir: raise ValueError('--resume needs --ckpt_dir (where the epoch checkpoints are)')
     strategy = _make_strategy(a)
     set_seed(a.seed)                                           # model initialisation, sampling and shuffles repeat with --seed
     tok = _tokenizer(a)
@@ -281,9 +289,10 @@ def train_rm_cli(argv: list[str]|None = None) -> int:
     dl = strategy.setup_dataloader(train, a.batch_size, collate_fn=collate)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(optim, max(1, a.max_epochs * len(dl)), eta_min=a.lr * 0.1)
     metrics = _metrics_path(a)
-    t = RewardModelTrainer(model, strategy, optim, sched, a.loss_fn, a.max_epochs, a.max_norm, metrics_path=metrics, log_interval=a.log_interval)
+    t = RewardModelTrainer(model, strategy, optim, sched, a.loss_fn, a.max_epochs, a.max_norm, metrics_path=metrics, log_interval=a.log_interval,
+                           ckpt_dir=a.ckpt_dir)
     evdl = strategy.setup_dataloader(ev, a.batch_size, shuffle=False, collate_fn=collate) if ev is not None else None
-    t.fit(dl, evdl)
+    t.fit(dl, evdl, resume=a.resume)
     if evdl is not None and strategy.is_rank_0():
         m = t.evaluate(evdl); print(f"held-out accuracy {m['eval/acc']:.3f}, mean chosen-rejected gap {m['eval/dist']:.3f}")
     _save(strategy, model, tok, a, optim)

@@ -71,9 +71,9 @@ def _same_numbers(a, b):
         assert len(x) == len(y) and all(abs(u - v) <= 1e-6 for u, v in zip(x, y)), (step, x, y)
 
 
-def _kill_after(n, flags):
-    "Run coati_nb_train_prompts and SIGKILL it right after its n-th checkpoint (injected, not timed)."
-    proc = subprocess.run([sys.executable, ROOT/'tests'/'_kill_after_checkpoint.py', str(n), *map(str, flags)],
+def _kill_after(n, flags, script='prompts'):
+    "Run coati_nb_train_<script> and SIGKILL it right after its n-th checkpoint (injected, not timed)."
+    proc = subprocess.run([sys.executable, ROOT/'tests'/'_kill_after_checkpoint.py', str(n), script, *map(str, flags)],
                           capture_output=True, text=True, timeout=600, env=ENV)
     assert proc.returncode == -signal.SIGKILL, f"not killed ({proc.returncode}): {proc.stderr[-3000:]}"
 
@@ -141,3 +141,21 @@ def test_seed_makes_ppo_repeat(tmp_path):
     a, b, c = run('a', 7), run('b', 7), run('c', 8)
     assert a == b
     assert a != c
+
+
+@pytest.mark.parametrize('script', ['sft', 'rm'])
+def test_supervised_scripts_resume_after_sigkill(script, tmp_path):
+    """`--ckpt_dir`: a checkpoint after every epoch. Killed with SIGKILL right after epoch 1 of 3 and rerun with
+    `--resume`, the run logs the same numbers and saves the same weights as an uninterrupted one."""
+    extra = ['--max_datasets_size', '32', '--lr', '1e-3'] if script == 'sft' else ['--test', 'True', '--lr', '1e-4']
+    flags = lambda save: ['--save_path', save, '--max_epochs', '3', '--ckpt_dir', save/'ck', *extra, *TINY]
+    _run([BIN/f'coati_nb_train_{script}', *flags(tmp_path/'whole')])
+    _kill_after(1, flags(tmp_path/'cut'), script)
+    assert [p.name for p in sorted((tmp_path/'cut'/'ck').glob('step-*'))] and not (tmp_path/'cut'/'model.safetensors').exists()
+    _run([BIN/f'coati_nb_train_{script}', *flags(tmp_path/'cut'), '--resume'])
+    _same_numbers(_numbers(tmp_path/'whole'/'metrics.jsonl'), _numbers(tmp_path/'cut'/'metrics.jsonl'))
+    from safetensors.torch import load_file
+    a, b = load_file(tmp_path/'whole'/'model.safetensors'), load_file(tmp_path/'cut'/'model.safetensors')
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    bad = subprocess.run([str(BIN/f'coati_nb_train_{script}'), '--resume', *TINY], capture_output=True, text=True, env=ENV)
+    assert bad.returncode == 2 and bad.stderr.strip().endswith('--resume needs --ckpt_dir (where the epoch checkpoints are)'), bad.stderr

@@ -1,6 +1,6 @@
 """Every notebook runs top to bottom in a real Jupyter kernel (ipykernel through nbclient), as JupyterLab would.
 
-Cells that never run under tests (`#| eval: false`, e.g. launching a server) are skipped here too, and `#| gpu`
+Cells that never run under tests (`#| eval: false`, e.g. a `torchrun` launch) are skipped here too, and `#| gpu`
 cells are skipped when there is no CUDA device; everything else runs, including `#| slow` cells."""
 import re
 from pathlib import Path

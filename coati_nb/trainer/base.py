@@ -287,9 +287,10 @@ class Trainer:
                  strategy,                      # a coati_nb.strategies.Strategy
                  callbacks: Iterable[Callback] = (), # hooks called during fit
                  metrics_path: str|os.PathLike|None = None, # JSON lines file for the metrics (None: memory only)
+                 keep_metrics: bool = False,    # keep the file's lines for now (a resumable run: `fit` decides what stays)
                 ):
         self.strategy, self.callbacks = strategy, list(callbacks)
-        self.logger = MetricsLogger(metrics_path)
+        self.logger = MetricsLogger(metrics_path, resume=keep_metrics)
         self.global_step, self.should_stop = 0, False
 
     def _call(self, hook: str, *args):
@@ -340,15 +341,16 @@ class SLTrainer(Trainer):
                  accumulation_steps: int = 1, # micro-batches per optimizer step
                  max_norm: float|None = None, # clip the gradient norm through the strategy (None: no clipping)
                  faithful_accumulation: bool = False, # ColossalChat's loop: drop (leak) the epoch's remainder micro-batches
+                 ckpt_dir: str|os.PathLike|None = None, # a checkpoint after every epoch here (None: none); see fit(resume=)
                 ):
         if not isinstance(max_epochs, int) or max_epochs < 1:
             raise ValueError(f"max_epochs must be a positive int, got {max_epochs!r}")
         if log_interval < 1: raise ValueError(f"log_interval must be >= 1, got {log_interval}")
         if accumulation_steps < 1: raise ValueError(f"accumulation_steps must be >= 1, got {accumulation_steps}")
-        super().__init__(strategy, callbacks, metrics_path)
+        super().__init__(strategy, callbacks, metrics_path, keep_metrics=ckpt_dir is not None)
         self.max_epochs, self.model, self.optimizer, self.log_interval = max_epochs, model, optimizer, log_interval
         self.lr_scheduler, self.accumulation_steps, self.max_norm = lr_scheduler, accumulation_steps, max_norm
-        self.faithful_accumulation = faithful_accumulation
+        self.faithful_accumulation, self.ckpt_dir = faithful_accumulation, (Path(ckpt_dir) if ckpt_dir else None)
 
     def training_step(self, batch, where: str) -> tuple[torch.Tensor, dict]:
         "The loss of one micro-batch and its metrics; supplied by a subclass."
@@ -415,18 +417,45 @@ def fit(self: SLTrainer,
         train_dataloader,          # yields training batches
         eval_dataloader=None,      # evaluated at the end of every epoch
         logger=None,               # accepted for ColossalChat compatibility; metrics go to `metrics_path`
+        resume: bool = False,      # continue after the newest epoch checkpoint in `ckpt_dir` (§4.6)
        ) -> list[dict]:
     "Train for `max_epochs`, evaluating after every epoch; returns the metrics history."
     n = len(train_dataloader)
     if n == 0: raise ValueError("the training dataloader is empty")
+    if resume and self.ckpt_dir is None: raise ValueError("resume=True needs ckpt_dir")
+    start = self._resume_epoch(resume) if self.ckpt_dir is not None else 0
     self.model.train(); self._call('on_fit_start')
-    for epoch in range(self.max_epochs):
+    for epoch in range(start, self.max_epochs):
         sampler = getattr(train_dataloader, 'sampler', None)
         if hasattr(sampler, 'set_epoch'): sampler.set_epoch(epoch)
         self._train_epoch(train_dataloader, epoch, n)
         if eval_dataloader is not None:
             m = self.evaluate(eval_dataloader); m['epoch'] = epoch
             self.logger.log(m, self.global_step, self.stage); self._call('on_step_end', self.global_step, m)
+        if self.ckpt_dir is not None: self._save_epoch(epoch)
         if self.should_stop: break
     self._call('on_fit_end')
     return self.history
+
+
+# %% ../../nbs/08a_trainer_base.ipynb #fa0df206
+@patch
+def _save_epoch(self: SLTrainer, epoch: int) -> None:
+    "The checkpoint after `epoch`: model, optimizer, scheduler, RNG, step (atomic; see §3)."
+    sched = {'model': self.lr_scheduler} if self.lr_scheduler is not None else {}
+    save_checkpoint(self.ckpt_dir, self.global_step, {'model': self.model}, {'model': self.optimizer}, sched,
+                    state={'epoch': epoch})
+    self.strategy.barrier()
+
+@patch
+def _resume_epoch(self: SLTrainer, resume: bool) -> int:
+    "Restore the newest checkpoint when `resume` (and there is one); returns the first epoch still to train."
+    ck = latest_checkpoint(self.ckpt_dir) if resume else None
+    if ck is not None:
+        sched = {'model': self.lr_scheduler} if self.lr_scheduler is not None else {}
+        st = load_checkpoint(ck, {'model': self.model}, {'model': self.optimizer}, sched)
+        self.global_step = st['step']
+    if self.logger.path is not None and is_rank_0():   # keep what the checkpoint covers; a fresh run keeps nothing
+        truncate_metrics(self.logger.path, self.global_step if ck is not None else -1)
+    return st['epoch'] + 1 if ck is not None else 0
+

@@ -55,9 +55,10 @@ class RewardModelTrainer(SLTrainer):
                  callbacks: Iterable[Callback] = (),
                  metrics_path=None,
                  log_interval: int = 1,
+                 ckpt_dir=None,           # a checkpoint after every epoch (None: none); fit(resume=True) continues
                 ):
         super().__init__(strategy, max_epochs, model, optim, callbacks, metrics_path, log_interval,
-                         lr_scheduler=lr_scheduler, max_norm=max_norm)
+                         lr_scheduler=lr_scheduler, max_norm=max_norm, ckpt_dir=ckpt_dir)
         self.loss_fn = rm_loss_fn(loss_fn) if isinstance(loss_fn, str) else loss_fn
 
 @patch

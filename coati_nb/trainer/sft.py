@@ -49,9 +49,11 @@ class SFTTrainer(SLTrainer):
                  metrics_path=None,       # JSON lines file for the metrics
                  log_interval: int = 1,   # log every this many optimizer steps
                  faithful_accumulation: bool = False, # ColossalChat's loop: drop (leak) the epoch's remainder batches
+                 ckpt_dir=None,           # a checkpoint after every epoch (None: none); fit(resume=True) continues
                 ):
         super().__init__(strategy, max_epochs, model, optim, callbacks, metrics_path, log_interval, lr_scheduler=lr_scheduler,
-                         accumulation_steps=accumulation_steps, max_norm=max_norm, faithful_accumulation=faithful_accumulation)
+                         accumulation_steps=accumulation_steps, max_norm=max_norm, faithful_accumulation=faithful_accumulation,
+                         ckpt_dir=ckpt_dir)
         self.loss_fn = GPTLMLoss()
 
 # %% ../../nbs/09_sft.ipynb #cab066af
