@@ -273,7 +273,10 @@ def load_checkpoint(ckpt: str|os.PathLike, # a step-N folder (see `latest_checkp
     for name, m in models.items():
         f = ckpt/f'{name}.safetensors'
         if not f.exists(): raise FileNotFoundError(f"checkpoint {ckpt} has no weights for model {name!r} ({f.name})")
-        missing, unexpected = _st_load_model(_module(m), str(f), strict=True)
+        try: _st_load_model(_module(m), str(f), strict=True)
+        except RuntimeError as e:           # another model's checkpoint: name the file and the first mismatch
+            first = next((l.strip() for l in str(e).splitlines()[1:] if l.strip()), str(e))
+            raise ValueError(f"{f} does not fit model {name!r}: {first}") from None
     for name, o in optimizers.items(): o.load_state_dict(torch.load(ckpt/f'{name}.optim.pt', weights_only=True))
     for name, s in schedulers.items(): s.load_state_dict(torch.load(ckpt/f'{name}.sched.pt', weights_only=True))
     if restore_rng: set_rng_state(torch.load(ckpt/'rng.pt', weights_only=True))
