@@ -153,14 +153,18 @@ def noisy_demonstrations(rows: list[dict],   # toy-task rows {'instruction', 'in
 def _loader(strategy, ds, bs, collate, shuffle=True):
     return strategy.setup_dataloader(ds, bs, shuffle=shuffle, collate_fn=collate)
 
-def _save_hf(model, tokenizer, folder: Path):
-    "Save a model (LoRA merged) and the tokenizer into `folder`: written to a temporary folder, then each file renamed in."
+def _save_hf(model, tokenizer, folder: Path,
+             merge_lora_weights: bool = True, # False: LoRA layers are written as a PEFT adapter (see 03 `save_pretrained`)
+            ):
+    "Save a model (LoRA merged unless asked otherwise) and the tokenizer into `folder`: written to a temporary folder, then each entry renamed in."
     check_finite_weights(model, str(folder))                   # a NaN model is never written
     folder = Path(folder); folder.mkdir(parents=True, exist_ok=True)
     tmp = folder.parent/f'.{folder.name}.tmp'
     if tmp.exists(): shutil.rmtree(tmp)
     try:
-        model.save_pretrained(tmp); tokenizer.save_pretrained(tmp)
+        if merge_lora_weights: model.save_pretrained(tmp)
+        else: model.save_pretrained(tmp, merge_lora_weights=False)
+        tokenizer.save_pretrained(tmp)
         for f in sorted(tmp.iterdir(), key=lambda f: f.name == 'config.json'):   # config.json last: it marks the folder complete
             os.replace(f, folder/f.name)
     finally: shutil.rmtree(tmp, ignore_errors=True)
