@@ -13,7 +13,7 @@ PY    := $(VENV)/bin/python
 BIN   := $(VENV)/bin
 STAMP := $(VENV)/.coati_nb-installed
 
-.PHONY: install test demo sync-check nbtest pytest test-slow nb-one hooks export readme lab clean browser colossalai
+.PHONY: install test demo sync-check nbtest pytest test-slow nb-one hooks export readme lab clean browser colossalai docs docs-images
 
 $(STAMP): settings.ini setup.py
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -75,6 +75,18 @@ nb-one: $(STAMP)
 ## The main job
 demo: $(STAMP)
 	$(BIN)/coati_nb_pipeline --out $(DEMO_OUT)
+
+## The notebooks as a static site a learner reads before running (_site/, not committed): every notebook executed in a
+## kernel (the cells tests/test_notebooks_kernel.py skips are shown, not run) and rendered to HTML, plus _site/index.html.
+## One notebook:  make docs NB=nbs/01_lora.ipynb   (or DOCS_NB=...)
+DOCS_OUT ?= _site
+DOCS_NB  ?= $(if $(filter command line,$(origin NB)),$(NB),)
+docs: $(STAMP)
+	$(PY) tools/build_docs.py site --out $(DOCS_OUT) $(DOCS_NB)
+
+## The demo's plots for the README: copies $(DEMO_OUT)/plots/*.png into docs/images/ (committed; each at most 200 KiB)
+docs-images:
+	$(PYTHON) tools/build_docs.py images $(DEMO_OUT)
 
 ## Contributor habits
 hooks: $(STAMP)
