@@ -8,20 +8,13 @@ the feature itself runs — or, where it cannot run on this machine, gives its o
 - colossalai (`make colossalai`, not a pip extra: colossalai pins torch <= 2.5.1): it imports, `pip check` complains
   only about colossalai's own pins, and a ColossalAI strategy on a machine without CUDA is refused in one line.
 These tests install from the package index, so they are slow (about a minute each)."""
-import os, shutil, subprocess, sys, threading
+import os, shutil, subprocess, threading
 from pathlib import Path
 import pytest, torch
+from _venv import make_venv, run as _run
 
 ROOT = Path(__file__).resolve().parent.parent
-TORCH = f"torch=={torch.__version__.split('+')[0]}"
 pytestmark = pytest.mark.slow
-
-
-def _run(*cmd, check=True, **kw):
-    out = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, **kw)
-    if check and out.returncode != 0:
-        raise AssertionError(f"{' '.join(map(str, cmd))} failed ({out.returncode}):\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
-    return out
 
 
 @pytest.fixture(scope='module')
@@ -34,12 +27,7 @@ def src(tmp_path_factory):
 
 
 def _venv(where: Path, src: Path, extra: str|None) -> Path:
-    venv = where/'venv'
-    _run(sys.executable, '-m', 'venv', venv)
-    pip = [venv/'bin'/'python', '-m', 'pip', 'install', '-q']
-    _run(*pip, TORCH)
-    _run(*pip, f"{src}[{extra}]" if extra else str(src))
-    return venv
+    return make_venv(where, f"{src}[{extra}]" if extra else str(src))
 
 
 @pytest.fixture(scope='module')
