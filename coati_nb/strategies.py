@@ -18,8 +18,8 @@ from safetensors.torch import load_model as _st_load_model, save_model as _st_sa
 from .utils import atomic_write, get_rank, get_world_size, module_device, set_seed
 
 # %% auto #0
-__all__ = ['STRATEGY_NAMES', 'zero_model_states_bytes', 'Strategy', 'NaiveStrategy', 'DDPStrategy', 'ColossalAIStrategy',
-           'strategy_from_name']
+__all__ = ['FSDP_SHARDING', 'STRATEGY_NAMES', 'zero_model_states_bytes', 'Strategy', 'NaiveStrategy', 'DDPStrategy',
+           'ColossalAIStrategy', 'FSDPStrategy', 'strategy_from_name']
 
 # %% ../nbs/08_strategies.ipynb #e97d51c4
 def zero_model_states_bytes(n_params: float,  # Ψ, the number of model parameters
@@ -628,6 +628,187 @@ def clip_grad_norm(self: ColossalAIStrategy, model, optimizer, max_norm: float, 
         warnings.warn(f"ZeRO stage {self.stage} clips inside the optimizer to ColossalAIStrategy(max_norm={self.max_norm}); "
                       f"the trainer's max_norm={max_norm} is not applied: pass it to the strategy")
     return None
+
+# %% ../nbs/08_strategies.ipynb #ad3d5ecd
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.fsdp import CPUOffloadPolicy, FSDPModule, fully_shard
+from safetensors.torch import load_file, save_file
+from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict, get_optimizer_state_dict,
+                                                     set_model_state_dict, set_optimizer_state_dict)
+
+FSDP_SHARDING = {'full': 'FULL_SHARD', 'grad_op': 'SHARD_GRAD_OP', 'hybrid': 'HYBRID_SHARD', 'none': 'NO_SHARD'}
+
+def _fsdp_units(model: nn.Module) -> list[nn.Module]:
+    "The repeated blocks (the elements of every nn.ModuleList), deepest first: FSDP wraps bottom-up."
+    units = [(depth, m) for name, ml in model.named_modules() if isinstance(ml, nn.ModuleList)
+             for depth in [name.count('.')] for m in ml]
+    return [m for _, m in sorted(units, key=lambda t: -t[0])]
+
+# %% ../nbs/08_strategies.ipynb #cfa8cb1b
+class FSDPStrategy(DDPStrategy):
+    "PyTorch FSDP2 (`fully_shard`) under torchrun: parameters, gradients and optimizer states sharded across ranks."
+    def setup_model(self, model: nn.Module) -> nn.Module:
+        "Move `model` to this rank's device and shard it block by block (models without trainable parameters stay whole)."
+        if not isinstance(model, nn.Module): raise TypeError(f"setup_model expects an nn.Module, got {type(model).__name__}")
+        if isinstance(model, FSDPModule): raise ValueError("setup_model: the model is already sharded by FSDP")
+        model = model.to(self.device)
+        if not _has_trainable(model): return model
+        self._param_names[id(model)] = {id(p): n for n, p in model.named_parameters()}   # fully_shard replaces the parameters
+        kw = dict(mesh=self.mesh, reshard_after_forward=self.sharding != 'grad_op')
+        if self.cpu_offload: kw['offload_policy'] = CPUOffloadPolicy(pin_memory=self.device.type == 'cuda')
+        for unit in _fsdp_units(model): fully_shard(unit, **kw)
+        fully_shard(model, **kw)
+        return model
+
+    def setup_optimizer(self, optimizer, model):
+        "Point `optimizer` at the sharded parameters that replaced the ones it was built with; remember its model."
+        optimizer = DDPStrategy.setup_optimizer(self, optimizer, model)
+        if optimizer.state: raise ValueError("FSDPStrategy: prepare the optimizer before its first step")
+        old, new = self._param_names.get(id(model), {}), dict(model.named_parameters())
+        for g in optimizer.param_groups:
+            if any(id(p) not in old for p in g['params']):
+                raise ValueError("FSDPStrategy.setup_optimizer: the optimizer holds a parameter that is not in the model")
+            g['params'] = [new[old[id(p)]] for p in g['params']]
+        self._model_of[id(optimizer)] = model
+        return optimizer
+
+    def backward(self, loss, model, optimizer, **kwargs) -> None:
+        "`loss.backward()`; FSDP's hooks gather each unit's parameters again and reduce-scatter (average) its gradients."
+        loss.backward()
+
+    def unwrap_model(self, model: nn.Module) -> nn.Module:
+        "The model itself: fully_shard changes the module in place instead of wrapping it."
+        return model
+
+    def clip_grad_norm(self, model, optimizer, max_norm: float, norm_type: float = 2.0):
+        "torch's clip_grad_norm_ on the sharded gradients: the norm is reduced across ranks, so every rank scales alike."
+        norm = Strategy.clip_grad_norm(self, model, optimizer, max_norm, norm_type)
+        return norm.full_tensor() if hasattr(norm, 'full_tensor') else norm
+
+# %% ../nbs/08_strategies.ipynb #8d95d4ef
+@patch
+def __init__(self: FSDPStrategy,
+             seed: int = 42,              # the same on every rank: identical initial models and a shared shuffle
+             sharding: str = 'full',      # 'full' (ZeRO-3), 'grad_op' (ZeRO-2), 'hybrid' (ZeRO-3 in a node) or 'none' (DDP)
+             cpu_offload: bool = False,   # keep the sharded parameters, gradients and optimizer states in CPU memory
+            ):
+    if sharding not in FSDP_SHARDING:
+        raise ValueError(f"sharding must be one of {', '.join(map(repr, FSDP_SHARDING))}, got {sharding!r}")
+    if not isinstance(cpu_offload, bool): raise TypeError(f"cpu_offload must be True or False, got {cpu_offload!r}")
+    self.sharding, self.cpu_offload, self._mesh, self._model_of = sharding, cpu_offload, None, {}
+    self._param_names: dict = {}
+    DDPStrategy.__init__(self, seed)
+
+@patch(as_prop=True)
+def mesh(self: FSDPStrategy):
+    "The device mesh: (N,) for full / grad_op, (N / N_local, N_local) for hybrid, (N, 1) for none."
+    if self._mesh is None:
+        W, kind = self.world_size, self.device.type
+        if self.sharding in ('full', 'grad_op'): self._mesh = init_device_mesh(kind, (W,), mesh_dim_names=('shard',))
+        else:
+            local = int(os.environ.get('LOCAL_WORLD_SIZE', W)) if self.sharding == 'hybrid' else 1
+            if W % local: raise ValueError(f"sharding='hybrid' needs WORLD_SIZE ({W}) divisible by LOCAL_WORLD_SIZE ({local})")
+            self._mesh = init_device_mesh(kind, (W // local, local), mesh_dim_names=('replicate', 'shard'))
+    return self._mesh
+
+# %% ../nbs/08_strategies.ipynb #9b9e4976
+def _read_state_dict(path: Path) -> dict:
+    "The tensors at `path` (safetensors, or a legacy torch state dict read with weights_only=True), on the CPU."
+    if _checkpoint_format(path) == 'safetensors': return load_file(str(path))
+    sd = torch.load(path, map_location='cpu', weights_only=True)
+    if not isinstance(sd, dict): raise ValueError(f"{path} holds a {type(sd).__name__}, not a state dict")
+    return sd
+
+def _unshared(sd: dict) -> dict:
+    "safetensors refuses tensors that share memory (tied weights): give each repeated storage its own copy."
+    seen, out = set(), {}
+    for k, v in sd.items():
+        ptr = v.untyped_storage().data_ptr()
+        out[k] = v.clone() if ptr in seen else v.contiguous()
+        seen.add(ptr)
+    return out
+
+def _tied_aliases(model: nn.Module) -> dict:
+    "For every parameter name, the names of all parameters that are the same tensor (tied weights)."
+    groups: dict = {}
+    for name, p in model.named_parameters(remove_duplicate=False): groups.setdefault(id(p), []).append(name)
+    return {n: names for names in groups.values() for n in names}
+
+# %% ../nbs/08_strategies.ipynb #b7b7646b
+@patch
+def full_state_dict(self: FSDPStrategy, model: nn.Module) -> dict:
+    "The whole model's weights, gathered onto rank 0 in CPU memory; {} on every other rank. Every rank must call it."
+    if not isinstance(model, FSDPModule):                       # a model that was never sharded (no trainable parameters)
+        return {k: v.detach().cpu() for k, v in model.state_dict().items()} if self.is_rank_0() else {}
+    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+@patch
+def save_model(self: FSDPStrategy, model: nn.Module, path: str|os.PathLike,
+               only_rank0: bool = True, # must be True: the gathered weights exist on rank 0 only
+              ) -> None:
+    "Gather the full weights onto rank 0's CPU and write them there as safetensors, atomically (every rank calls this)."
+    if not only_rank0: raise ValueError("FSDPStrategy.save_model gathers the weights onto rank 0: only_rank0=False is not supported")
+    path, sd = Path(path), self.full_state_dict(model)
+    if self.is_rank_0():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_write(path) as tmp: save_file(_unshared(sd), str(tmp))
+    self.barrier()
+
+@patch
+def load_model(self: FSDPStrategy, model: nn.Module, path: str|os.PathLike, strict: bool = True) -> None:
+    "Every rank reads the full file at `path`; each keeps its own shard."
+    path = _check_file(path, 'model')
+    sd = _read_state_dict(path)
+    if sd and all(k.startswith('module.') for k in sd): sd = {k[len('module.'):]: v for k, v in sd.items()}   # from a DDP wrapper
+    if not isinstance(model, FSDPModule): return _load_weights(model, path, strict)
+    try: res = set_model_state_dict(model, sd, options=StateDictOptions(full_state_dict=True, strict=False))
+    except RuntimeError as e: raise RuntimeError(f"cannot load model weights from {path}: {e}") from None
+    aliases = _tied_aliases(model)
+    missing = [k for k in res.missing_keys if not any(a in sd for a in aliases.get(k, [k]))]
+    if strict and (missing or res.unexpected_keys):
+        raise RuntimeError(f"cannot load model weights from {path}: missing keys {missing[:5]}, "
+                           f"unexpected keys {list(res.unexpected_keys)[:5]}")
+
+# %% ../nbs/08_strategies.ipynb #a71468fb
+@patch
+def save_optimizer(self: FSDPStrategy, optimizer: torch.optim.Optimizer, path: str|os.PathLike,
+                   only_rank0: bool = True, # accepted for the common interface; the gathered state exists on rank 0 only
+                  ) -> None:
+    "Gather the optimizer state onto rank 0's CPU, keyed by parameter name, and torch.save it there atomically."
+    model = self._model_of[id(optimizer)]
+    state = get_optimizer_state_dict(model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    path = Path(path)
+    if self.is_rank_0():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_write(path) as tmp: torch.save(state, tmp)
+    self.barrier()
+
+@patch
+def load_optimizer(self: FSDPStrategy, optimizer: torch.optim.Optimizer, path: str|os.PathLike) -> None:
+    "Every rank reads the gathered state at `path` (torch.load with weights_only=True) and keeps its own shard."
+    path = _check_file(path, 'optimizer')
+    state = torch.load(path, map_location='cpu', weights_only=True)
+    try: set_optimizer_state_dict(self._model_of[id(optimizer)], optimizer, state,
+                                  options=StateDictOptions(full_state_dict=True))
+    except (ValueError, KeyError, RuntimeError) as e:
+        raise ValueError(f"optimizer checkpoint {path} does not match this optimizer: {e}") from None
+
+# %% ../nbs/08_strategies.ipynb #9a9f6f02
+@patch
+@contextlib.contextmanager
+def generation_context(self: Strategy, model: nn.Module):
+    "Run the block with `model` ready for a rank-local number of forwards (nothing to do unless parameters are sharded)."
+    yield model
+
+@patch
+@contextlib.contextmanager
+def generation_context(self: FSDPStrategy, model: nn.Module):
+    "Gather every FSDP unit of `model` once and keep it gathered, so forwards in the block need no communication."
+    units = [m for m in model.modules() if isinstance(m, FSDPModule)]
+    for u in units: u.set_reshard_after_forward(False); u.unshard()
+    try: yield model
+    finally:
+        for u in units: u.reshard(); u.set_reshard_after_forward(self.sharding != 'grad_op')
 
 # %% ../nbs/08_strategies.ipynb #556c118b
 STRATEGY_NAMES = ('naive', 'ddp', 'colossalai_zero2', 'colossalai_zero2_cpu', 'colossalai_gemini')

@@ -2,8 +2,8 @@
 
     python -m torch.distributed.run --nproc_per_node=2 tests/_ddp_worker.py MODE OUT_DIR [EPOCHS]
 
-MODE is `ddp` (DDPStrategy), `colossalai` (ColossalAIStrategy stage 0 = TorchDDPPlugin, CPU-capable) or, on GPUs,
-`zero2`, `zero2_cpu`, `gemini`. Every rank trains a tiny next-token model through the Strategy interface, records
+MODE is `ddp` (DDPStrategy), `fsdp`, `fsdp_grad_op`, `fsdp_hybrid`, `fsdp_none`, `fsdp_offload` (FSDPStrategy, FSDP2 on
+gloo), `colossalai` (ColossalAIStrategy stage 0 = TorchDDPPlugin, CPU-capable) or, on GPUs, `zero2`, `zero2_cpu`, `gemini`. Every rank trains a tiny next-token model through the Strategy interface, records
 the sample indices and losses of every step, exercises the collectives and the checkpoint round trip, and writes
 OUT_DIR/rank{r}.json; rank 0 also writes the checkpoints the test reads. Importing this file has no side effects:
 the test uses TinyLM, make_data, lm_loss and the constants to train the single-process reference."""
@@ -44,8 +44,11 @@ def lm_loss(model, ids):
 
 
 def _make_strategy(mode: str):
-    from coati_nb.strategies import ColossalAIStrategy, DDPStrategy
+    from coati_nb.strategies import ColossalAIStrategy, DDPStrategy, FSDPStrategy
     if mode == 'ddp': return DDPStrategy(seed=SEED)
+    if mode == 'fsdp': return FSDPStrategy(seed=SEED)
+    if mode == 'fsdp_offload': return FSDPStrategy(seed=SEED, cpu_offload=True)
+    if mode.startswith('fsdp_'): return FSDPStrategy(seed=SEED, sharding=mode[len('fsdp_'):])
     if mode == 'colossalai': return ColossalAIStrategy(stage=0, precision='fp32', seed=SEED)
     if mode == 'zero2': return ColossalAIStrategy(stage=2, precision='fp32', seed=SEED)
     if mode == 'zero2_cpu': return ColossalAIStrategy(stage=2, precision='fp32', placement_policy='cpu', seed=SEED)
@@ -90,10 +93,12 @@ def main(mode: str, out: Path, epochs: int = 2):
     rank, world = strategy.rank, strategy.world_size
     dev = torch.device('cuda', torch.cuda.current_device()) if torch.cuda.is_available() else torch.device('cpu')
     with strategy.model_init_context(): model = TinyLM()
+    full_numel = sum(p.numel() for p in model.parameters())
     model, optim = strategy.prepare((model, torch.optim.AdamW(model.parameters(), lr=LR)))
     data = make_data()
     loader = strategy.setup_dataloader(TensorDataset(torch.arange(N), data), batch_size=BATCH)
-    rec = {'mode': mode, 'rank': rank, 'world_size': world, 'indices': [], 'losses': []}
+    rec = {'mode': mode, 'rank': rank, 'world_size': world, 'indices': [], 'losses': [], 'full_numel': full_numel,
+           'local_numel': sum((p.to_local() if hasattr(p, 'to_local') else p).numel() for p in model.parameters())}
 
     # 1. training: indices and loss of every step
     for epoch in range(epochs):
@@ -120,6 +125,12 @@ def main(mode: str, out: Path, epochs: int = 2):
     if mode in ('ddp', 'colossalai'):           # replicated parameters: compare directly
         rec['load_equal'] = _same_state(strategy.unwrap_model(model).state_dict(), strategy.unwrap_model(fresh).state_dict())
         rec['optim_equal'] = _same_optim(optim, fresh_optim)
+    if mode.startswith('fsdp'):                 # sharded: compare the pieces each rank holds, and the gathered whole
+        local = lambda m: {k: (v.to_local() if hasattr(v, 'to_local') else v) for k, v in m.state_dict().items()}
+        rec['load_equal'] = _same_state(local(model), local(fresh))
+        gathered = strategy.full_state_dict(model)
+        rec['gathered_entries'] = len(gathered)               # rank 0 only: the remedy for the OOM while saving
+        rec['gathered_equal'] = _same_state(gathered, strategy.full_state_dict(fresh))
     # one more step on both, on this rank's first batch: equal only if weights and Adam state were both restored
     ids = data[torch.tensor(rec['indices'][0][0])].to(dev)
     _step(strategy, model, optim, ids); _step(strategy, fresh, fresh_optim, ids)
@@ -128,7 +139,7 @@ def main(mode: str, out: Path, epochs: int = 2):
 
     # 4. colossalai's sharded folders (only_rank0=False); colossalai 0.5.0 cannot load a sharded optimizer on CPU
     #    (its CPU accelerator has no synchronize()), so that part runs on GPUs only
-    if mode != 'ddp':
+    if mode != 'ddp' and not mode.startswith('fsdp'):
         torch.manual_seed(2000 + rank)
         with strategy.model_init_context(): other = TinyLM()
         other, other_optim = strategy.prepare((other, torch.optim.AdamW(other.parameters(), lr=LR)))
@@ -153,5 +164,12 @@ def main(mode: str, out: Path, epochs: int = 2):
     strategy.barrier()
 
 
+FSDP_VARIANTS = ('fsdp_grad_op', 'fsdp_hybrid', 'fsdp_none', 'fsdp_offload')
+
 if __name__ == '__main__':
-    main(sys.argv[1], Path(sys.argv[2]), int(sys.argv[3]) if len(sys.argv) > 3 else 2)
+    mode, out, epochs = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3]) if len(sys.argv) > 3 else 2
+    if mode == 'fsdp_variants':                 # every other sharding in one process group: OUT_DIR/<variant>/rank{r}.json
+        for variant in FSDP_VARIANTS:
+            (out/variant).mkdir(exist_ok=True)
+            main(variant, out/variant, epochs)
+    else: main(mode, out, epochs)

@@ -30,14 +30,14 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _torchrun(mode: str, out: Path, nproc: int = 2, epochs: int = 2, timeout: int = 120) -> list[dict]:
-    "Run the worker under torchrun; return every rank's record."
+def _torchrun(mode: str, out: Path, nproc: int = 2, epochs: int = 2, timeout: int = 120, records: Path|None = None) -> list[dict]:
+    "Run the worker under torchrun; return every rank's record (read from `records`, default `out`)."
     cmd = [sys.executable, '-m', 'torch.distributed.run', f'--nproc_per_node={nproc}', '--master_addr', '127.0.0.1',
            '--master_port', str(_free_port()), str(WORKER), mode, str(out), str(epochs)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=out,
                           env={**os.environ, 'OMP_NUM_THREADS': '1'})
     assert proc.returncode == 0, f"torchrun {mode} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
-    recs = [json.loads((out/f'rank{r}.json').read_text()) for r in range(nproc)]
+    recs = [json.loads(((records or out)/f'rank{r}.json').read_text()) for r in range(nproc)]
     assert [r['world_size'] for r in recs] == [nproc] * nproc
     return recs
 
@@ -125,6 +125,51 @@ def test_ddp_checkpoint_round_trip(ddp_run):
     assert all(r['load_equal'] and r['optim_equal'] for r in recs)     # rank 0 wrote, every rank loaded
     _check_round_trip(recs, out)
     assert sorted(p.name for p in out.iterdir() if p.name.startswith('.')) == []   # no temporary file left
+
+
+# ---------------------------------------------------------------- FSDPStrategy (FSDP2 fully_shard, gloo on CPU)
+@pytest.fixture(scope='module')
+def fsdp_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp('fsdp')
+    return _torchrun('fsdp', out), out
+
+
+def test_fsdp_equals_one_process_on_the_combined_batch(fsdp_run):
+    recs, out = fsdp_run
+    _check_equivalence(recs, out, tol=1e-5)
+    _check_sharding(recs)
+
+
+def test_fsdp_each_rank_holds_half_of_the_parameters(fsdp_run):
+    recs, _ = fsdp_run
+    assert [r['local_numel'] for r in recs] == [recs[0]['full_numel'] // 2] * 2   # TinyLM's dims are all even
+
+
+def test_fsdp_checkpoint_gathers_on_rank_0_and_round_trips(fsdp_run):
+    recs, out = fsdp_run
+    n_keys = len(w.TinyLM().state_dict())
+    assert [r['gathered_entries'] for r in recs] == [n_keys, 0]           # the full weights exist on rank 0 only
+    assert all(r['load_equal'] and r['gathered_equal'] for r in recs)     # every rank got its own shard back
+    _check_round_trip(recs, out)
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith('.')) == []
+
+
+@pytest.fixture(scope='module')
+def fsdp_variants_run(tmp_path_factory):
+    "One torchrun trains every other sharding (and CPU offload) in turn."
+    out = tmp_path_factory.mktemp('fsdp_variants')
+    _torchrun('fsdp_variants', out, timeout=300, records=out/w.FSDP_VARIANTS[-1])
+    return out
+
+
+@pytest.mark.parametrize('mode', w.FSDP_VARIANTS)
+def test_fsdp_every_sharding_equals_one_process(mode, fsdp_variants_run):
+    out = fsdp_variants_run/mode
+    recs = [json.loads((out/f'rank{r}.json').read_text()) for r in range(2)]
+    _check_equivalence(recs, out, tol=1e-5)
+    full = recs[0]['full_numel']
+    assert [r['local_numel'] for r in recs] == [full if mode == 'fsdp_none' else full // 2] * 2
+    _check_round_trip(recs, out)
 
 
 # ---------------------------------------------------------------- ColossalAIStrategy, TorchDDPPlugin on CPU
