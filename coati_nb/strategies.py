@@ -4,7 +4,7 @@
 
 # %% ../nbs/08_strategies.ipynb #1244ee44
 from __future__ import annotations
-import atexit, contextlib, inspect, os, shutil, tempfile, warnings
+import atexit, contextlib, copy, inspect, os, shutil, tempfile, warnings
 from abc import ABC, abstractmethod
 from pathlib import Path
 
@@ -654,6 +654,7 @@ class FSDPStrategy(DDPStrategy):
         model = model.to(self.device)
         if not _has_trainable(model): return model
         self._param_names[id(model)] = {id(p): n for n, p in model.named_parameters()}   # fully_shard replaces the parameters
+        self._skeletons[id(model)] = _meta_copy(model)       # the unsharded structure, without memory: see gathered_model
         kw = dict(mesh=self.mesh, reshard_after_forward=self.sharding != 'grad_op')
         if self.cpu_offload: kw['offload_policy'] = CPUOffloadPolicy(pin_memory=self.device.type == 'cuda')
         for unit in _fsdp_units(model): fully_shard(unit, **kw)
@@ -696,7 +697,7 @@ def __init__(self: FSDPStrategy,
         raise ValueError(f"sharding must be one of {', '.join(map(repr, FSDP_SHARDING))}, got {sharding!r}")
     if not isinstance(cpu_offload, bool): raise TypeError(f"cpu_offload must be True or False, got {cpu_offload!r}")
     self.sharding, self.cpu_offload, self._mesh, self._model_of = sharding, cpu_offload, None, {}
-    self._param_names: dict = {}
+    self._param_names, self._skeletons = {}, {}
     DDPStrategy.__init__(self, seed)
 
 @patch(as_prop=True)
@@ -727,6 +728,14 @@ def _unshared(sd: dict) -> dict:
         out[k] = v.clone() if ptr in seen else v.contiguous()
         seen.add(ptr)
     return out
+
+def _meta_copy(model: nn.Module) -> nn.Module:
+    "A deep copy of `model` whose parameters and buffers live on the meta device (no memory); tied weights stay tied."
+    memo = {}
+    for t in [*model.parameters(), *model.buffers()]:
+        meta = torch.empty_like(t, device='meta')
+        memo[id(t)] = nn.Parameter(meta, requires_grad=t.requires_grad) if isinstance(t, nn.Parameter) else meta
+    return copy.deepcopy(model, memo)
 
 def _tied_aliases(model: nn.Module) -> dict:
     "For every parameter name, the names of all parameters that are the same tensor (tied weights)."
@@ -768,6 +777,26 @@ def load_model(self: FSDPStrategy, model: nn.Module, path: str|os.PathLike, stri
     if strict and (missing or res.unexpected_keys):
         raise RuntimeError(f"cannot load model weights from {path}: missing keys {missing[:5]}, "
                            f"unexpected keys {list(res.unexpected_keys)[:5]}")
+
+# %% ../nbs/08_strategies.ipynb #80610e6d
+@patch
+def gathered_model(self: Strategy, model: nn.Module) -> nn.Module|None:
+    "The plain model to save, on rank 0 (every rank calls this; for replicated strategies it is the unwrapped model)."
+    return self.unwrap_model(model)
+
+@patch
+def gathered_model(self: FSDPStrategy, model: nn.Module) -> nn.Module|None:
+    "A plain CPU copy of the sharded `model` with the full weights, on rank 0; None elsewhere (a collective call)."
+    sd = self.full_state_dict(model)
+    if not isinstance(model, FSDPModule): return model if self.is_rank_0() else None
+    if not self.is_rank_0(): return None
+    plain = self._skeletons[id(model)].to_empty(device='cpu')
+    res = plain.load_state_dict(sd, strict=False)
+    aliases = _tied_aliases(plain)
+    missing = [k for k in res.missing_keys if not any(a in sd for a in aliases.get(k, [k]))]
+    if missing or res.unexpected_keys:
+        raise RuntimeError(f"gathered weights do not fit the model: missing {missing[:5]}, unexpected {res.unexpected_keys[:5]}")
+    return plain.train(model.training)
 
 # %% ../nbs/08_strategies.ipynb #a71468fb
 @patch
@@ -811,7 +840,7 @@ def generation_context(self: FSDPStrategy, model: nn.Module):
         for u in units: u.reshard(); u.set_reshard_after_forward(self.sharding != 'grad_op')
 
 # %% ../nbs/08_strategies.ipynb #556c118b
-STRATEGY_NAMES = ('naive', 'ddp', 'colossalai_zero2', 'colossalai_zero2_cpu', 'colossalai_gemini')
+STRATEGY_NAMES = ('naive', 'ddp', 'fsdp', 'colossalai_zero2', 'colossalai_zero2_cpu', 'colossalai_gemini')
 
 def strategy_from_name(name: str, # one of STRATEGY_NAMES
                        **kwargs,  # passed to the strategy's constructor (e.g. seed=1, precision='bf16')
@@ -819,6 +848,7 @@ def strategy_from_name(name: str, # one of STRATEGY_NAMES
     "Create the strategy a command line names (ColossalChat's `--strategy` values)."
     if name == 'naive': return NaiveStrategy(**kwargs)
     if name == 'ddp': return DDPStrategy(**kwargs)
+    if name == 'fsdp': return FSDPStrategy(**kwargs)
     if name == 'colossalai_zero2': return ColossalAIStrategy(**{'stage': 2, 'placement_policy': 'cuda', **kwargs})
     if name == 'colossalai_zero2_cpu': return ColossalAIStrategy(**{'stage': 2, 'placement_policy': 'cpu', **kwargs})
     if name == 'colossalai_gemini': return ColossalAIStrategy(**{'stage': 3, 'placement_policy': 'cuda', **kwargs})
