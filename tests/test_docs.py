@@ -84,6 +84,7 @@ def test_a_failing_cell_fails_the_build_naming_notebook_and_cell(tmp_path):
     nbs = tmp_path/'nbs'; nbs.mkdir()
     _nb(nbs/'01_ok.ipynb', md('# OK'), code('print(1)'))
     bad = _nb(nbs/'02_bad.ipynb', md('# Bad'), code('x = 1'), code('y = x / 0'))
+    _nb(nbs/'03_after.ipynb', md('# After'), code('print(3)'))
     r = subprocess.run([sys.executable, str(ROOT/'tools'/'build_docs.py'), 'site', '--nbs', str(nbs),
                         '--out', str(tmp_path/'site')], capture_output=True, text=True, cwd=tmp_path)
     assert r.returncode == 1, r.stderr
@@ -92,6 +93,7 @@ def test_a_failing_cell_fails_the_build_naming_notebook_and_cell(tmp_path):
     assert err.startswith('build_docs: error: ') and '02_bad.ipynb: cell 2' in err and cell_id in err, err
     assert 'ZeroDivisionError' in err and '`y = x / 0`' in err, err
     assert (tmp_path/'site'/'01_ok.html').exists() and not (tmp_path/'site'/'02_bad.html').exists()
+    assert (tmp_path/'site'/'03_after.html').exists()                  # the chapters after a failure are still built
 
 
 def _png(path: Path, pad: int = 0) -> Path:
@@ -119,3 +121,12 @@ def test_docs_images_refuses_a_large_png(tmp_path):
     assert not (tmp_path/'images').exists() or not any((tmp_path/'images').iterdir())   # nothing copied
     with pytest.raises(bd.DocsError, match=r'no PNG plots there \(run `make demo'):
         bd.copy_images(tmp_path/'nothing', tmp_path/'images')
+
+
+def test_make_targets():
+    "`make docs NB=...` (or DOCS_NB=...) renders one notebook, `make docs` all; docs-images reads DEMO_OUT."
+    def dry(*args): return subprocess.run(['make', '-n', *args], cwd=ROOT, capture_output=True, text=True).stdout
+    assert 'tools/build_docs.py site --out _site nbs/01_lora.ipynb' in dry('docs', 'NB=nbs/01_lora.ipynb')
+    assert 'tools/build_docs.py site --out _site nbs/02_loss.ipynb' in dry('docs', 'DOCS_NB=nbs/02_loss.ipynb')
+    assert re.search(r'tools/build_docs\.py site --out _site\s*$', dry('docs'), re.M)          # every notebook
+    assert 'tools/build_docs.py images runs/x' in dry('docs-images', 'DEMO_OUT=runs/x')

@@ -7,7 +7,8 @@
 cells tests/test_notebooks_kernel.py skips (`#| eval: false`; `#| gpu` without CUDA), renders it with nbconvert's lean
 `basic` template (images embedded as data URIs) into OUT/<name>.html, and writes OUT/index.html: the chapters in file
 order, each with its title and the first line of its 「你将学到」 section. One stylesheet, OUT/style.css, serves every page.
-A cell that fails stops the build with a one-line error naming the notebook and the cell; the exit status is 1.
+A cell that fails stops that notebook (no page is written for it); the others are still built, then each failure is
+printed as one line naming the notebook and the cell, and the exit status is 1.
 
 `images` copies DEMO_OUT/plots/*.png into docs/images/ after checking that each is at most --max_kb KiB (the README
 shows them and they are committed, so they must stay small); nothing is copied when one is too large."""
@@ -210,16 +211,19 @@ def build_site(selected: list[Path] | None = None, out: Path = ROOT/'_site', nbs
     selected = all_nbs if not selected else [Path(p) for p in selected]
     for p in selected:
         if not p.is_file() or p.suffix != '.ipynb': raise DocsError(f"{p}: not a notebook file")
-    out = Path(out); written = []
+    out = Path(out); written, failed = [], []
     _write(out/'style.css', stylesheet())
     _write(out/'index.html', index_page(all_nbs))
-    for p in selected:
+    for p in selected:                                  # a failure is reported at the end: the other pages still build
         t0 = time.monotonic()
-        nb = execute(p, timeout)
+        try: nb = execute(p, timeout)
+        except DocsError as e:
+            failed.append(str(e)); log(f"{_rel(p)}: FAILED"); (out/page_name(p)).unlink(missing_ok=True); continue
         _write(out/page_name(p), render(nb, p, all_nbs))
         written.append(out/page_name(p))
         log(f"{_rel(p)} -> {_rel(out/page_name(p))} ({(out/page_name(p)).stat().st_size // 1024} KiB, "
             f"{time.monotonic() - t0:.0f} s)")
+    if failed: raise DocsError('\n'.join(failed))
     return written
 
 
@@ -263,7 +267,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             for p in copy_images(a.demo_out, a.dest, a.max_kb): print(f"build_docs: {_rel(p)} ({p.stat().st_size // 1024} KiB)")
     except DocsError as e:
-        print(f"build_docs: error: {e}", file=sys.stderr); return 1
+        for line in str(e).splitlines(): print(f"build_docs: error: {line}", file=sys.stderr)
+        return 1
     return 0
 
 
