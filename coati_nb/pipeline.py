@@ -19,6 +19,7 @@ from .models import family_class, tiny_config
 from .strategies import NaiveStrategy
 from .tokenizer import load_tokenizer
 from .prompts import format_prompt
+from .rollouts import RolloutRecorder, write_rollouts_html
 from .toy_task import corrupt_response, gold_reward, gold_reward_terms, solve_instruction, toy_data_path
 from .trainer.base import check_finite_weights, read_metrics
 from .trainer.ppo import PPO_PRESETS, PPOTrainer, ppo_preset
@@ -29,7 +30,7 @@ from .utils import atomic_write, count_parameters, set_seed
 # %% auto #0
 __all__ = ['NOISE_KINDS', 'PipelineConfig', 'TextDataset', 'noisy_demonstrations', 'tiny_llama_config', 'run_pt', 'run_sft',
            'rm_folder', 'run_rm', 'answer', 'gold_eval', 'paired_interval', 'run_ppo', 'run_pipeline', 'run_ablation',
-           'plot_metrics', 'write_report']
+           'plot_metrics', 'write_rollouts', 'write_report']
 
 # %% ../nbs/14_pipeline.ipynb #fc8dd58f
 @dataclass
@@ -353,7 +354,7 @@ def _summary(cfg: PipelineConfig, ev_sft: dict, ev_ppo: dict, ppo_hist: list[dic
 def run_pipeline(cfg: PipelineConfig|None = None, # the run's settings (default: the demo)
                  ablation: bool = False,          # also run PPO with the other preset from the same SFT and RM
                 ) -> dict:
-    "PT → SFT → RM → PPO on the bundled data, then the gold evaluation, plots and report; returns the summary."
+    "PT → SFT → RM → PPO on the bundled data, then the gold evaluation, plots, rollouts and report; returns the summary."
     cfg = cfg or PipelineConfig(); t0 = time.time()
     out = Path(cfg.out); out.mkdir(parents=True, exist_ok=True)
     (out/'config.json').write_text(json.dumps(asdict(cfg), indent=1))
@@ -362,7 +363,8 @@ def run_pipeline(cfg: PipelineConfig|None = None, # the run's settings (default:
     sft = _stage(cfg, out/'sft', run_sft, cfg, tok, out, pt)                # 1. SFT
     reward_model = _reward_models(cfg, tok, out, sft)
     rm, rm_ev = reward_model(PPO_PRESETS[cfg.ppo_preset]['models']['rm_pooling'])   # 2. RM
-    _, actor, _ = run_ppo(cfg, tok, out, sft, rm)                           # 3. PPO
+    rec = RolloutRecorder(tok, gold_fn=_gold_of)                            # reads a few rollouts, changes nothing
+    _, actor, _ = run_ppo(cfg, tok, out, sft, rm, callbacks=[rec])          # 3. PPO
     instructions = _load_eval_instructions()                                # 4. the gold evaluation, SFT then PPO
     sft_model = family_class('llama', 'actor')(pretrained=sft)
     ev_sft, ev_ppo = gold_eval(sft_model, tok, instructions, cfg, cfg.seed), gold_eval(actor, tok, instructions, cfg, cfg.seed)
@@ -371,6 +373,7 @@ def run_pipeline(cfg: PipelineConfig|None = None, # the run's settings (default:
     summary['wall_seconds'] = time.time() - t0
     with atomic_write(out/'summary.json') as p: p.write_text(json.dumps(summary, indent=1, ensure_ascii=False))
     plot_metrics(out)
+    write_rollouts(out, rec.records)
     write_report(out, summary, instructions, ev_sft, ev_ppo)
     return summary
 
@@ -413,6 +416,19 @@ def plot_metrics(out: Path) -> list[Path]:
         fig.tight_layout(); fig.savefig(out/'plots'/fname, dpi=90); plt.close(fig); made.append(out/'plots'/fname)
     return made
 
+# %% ../nbs/14_pipeline.ipynb #0da7c2b7
+def _gold_of(prompt: str, response: str, ended: bool) -> float|None:
+    "The gold reward of a recorded rollout; None for a prompt the toy task cannot parse (the viewer shows '–')."
+    try: return gold_reward_terms(prompt, response, ended, eos_token=None)['reward']
+    except ValueError: return None
+
+def write_rollouts(out: Path, records: list[dict]) -> Path|None:
+    "rollouts.json and rollouts.html (11a_rollout_viewer) in `out`; a resumed run that recorded nothing keeps the files it has."
+    out = Path(out)
+    if not records and (out/'rollouts.html').is_file(): return None
+    with atomic_write(out/'rollouts.json') as p: p.write_text(json.dumps(records, ensure_ascii=False), encoding='utf-8')
+    return write_rollouts_html(records, out/'rollouts.html', title=f'coati_nb PPO rollouts ({out.name})')
+
 # %% ../nbs/14_pipeline.ipynb #c492b088
 def write_report(out: Path, summary: dict, instructions: list[str], ev_sft: dict, ev_ppo: dict, n_each: int = 4) -> Path:
     "report.md: the headline figures and a before / after table of answers in Chinese and English."
@@ -437,6 +453,7 @@ def write_report(out: Path, summary: dict, instructions: list[str], ev_sft: dict
     for i in zh[:n_each] + en[:n_each]:
         lines.append(f"| {cell(instructions[i])} | {cell(ev_sft['answers'][i])} | {cell(ev_ppo['answers'][i])} | "
                      f"{ev_sft['greedy'][i]:+.2f} → {ev_ppo['greedy'][i]:+.2f} |")
+    if (Path(out)/'rollouts.html').is_file(): lines += ['', 'Per-token rollouts at several PPO updates: [rollouts.html](rollouts.html)']
     lines += ['', '![PT and SFT loss](plots/pt_sft_loss.png)', '', '![RM accuracy](plots/rm_accuracy.png)', '', '![PPO](plots/ppo.png)', '']
     path = Path(out)/'report.md'
     with atomic_write(path) as p: p.write_text('\n'.join(lines), encoding='utf-8')

@@ -11,6 +11,7 @@ import torch
 from fastcore.basics import patch
 
 from .experience_maker import Experience, approx_kl_per_token, last_action_index
+from .prompts import parse_prompt
 from .trainer.base import Callback
 from .utils import atomic_write
 
@@ -47,7 +48,7 @@ def token_pieces(tokenizer,         # a transformers tokenizer
     pieces, prev = [], ''
     for i in range(len(ids)):
         text = tokenizer.decode(ids[:i + 1], skip_special_tokens=False)
-        if text.endswith('\ufffd') and i + 1 < len(ids): pieces.append(''); continue   # wait for the character's last byte
+        if i + 1 < len(ids): text = text.rstrip('\ufffd')      # an unfinished character waits for its last byte
         pieces.append(text[len(prev):] if text.startswith(prev) else tokenizer.decode(ids[i:i + 1], skip_special_tokens=False))
         prev = text
     return pieces
@@ -173,12 +174,19 @@ def _token_span(piece: str, nums: dict, ranges: dict) -> str:
     return f'<span class="tok" style="background:{cs["advantage"]}" {data} title="{html.escape(title, quote=True)}">{text}</span>'
 
 # %% ../nbs/11a_rollout_viewer.ipynb #1e6ca05c
+def _short_prompt(prompt: str) -> str:
+    "The instruction (and input) of a prompt in the SFT template (04a_prompts); any other prompt as it is."
+    try: instruction, inp = parse_prompt(prompt)
+    except ValueError: return prompt
+    return instruction + (f'\n{inp}' if inp else '')
+
 def _sample_html(s: dict, ranges: dict) -> str:
     "One sample: the prompt, the coloured response, the scores."
     toks = ''.join(_token_span(p, {k: s[k][t] for k in METRICS}, ranges) for t, p in enumerate(s['tokens']))
     cut = f' <span class="part">(+{s["cut_tokens"]} tokens cut)</span>' if s.get('cut_tokens') else ''
     end = 'ended with EOS' if s.get('ended') else 'no EOS (length limit)'
-    return (f'<div class="sample"><pre class="prompt">{html.escape(str(s.get("prompt", "")), quote=True)}</pre>'
+    p = str(s.get('prompt', ''))
+    return (f'<div class="sample"><pre class="prompt" title="{html.escape(p, quote=True)}">{html.escape(_short_prompt(p), quote=True)}</pre>'
             f'<div class="resp">{toks}{cut}</div>'
             f'<div class="scores">RM score <b>{_num(s.get("rm_score"))}</b> · gold reward <b>{_num(s.get("gold_reward"))}</b>'
             f' · {len(s["tokens"])} tokens, {end}</div></div>')
@@ -192,10 +200,10 @@ def _legend(k: str, lo: float, hi: float, shown: bool) -> str:
             f'<span class="num">{hi:.4g}</span></div>')
 
 # %% ../nbs/11a_rollout_viewer.ipynb #512ff865
-_CSS = """.rollouts{font:14px/1.5 system-ui,sans-serif;color:#111;max-width:60em;margin:auto}
+_CSS = """.rollouts{font:14px/1.5 system-ui,'Noto Sans CJK SC','PingFang SC','Microsoft YaHei',sans-serif;color:#111;max-width:60em;margin:auto}
 .rollouts .bar{display:inline-block;width:12em;height:1em;vertical-align:middle;margin:0 .5em;border:1px solid #999}
 .rollouts .sample{border-top:1px solid #ddd;padding:.4em 0}.rollouts .prompt{color:#666;white-space:pre-wrap;margin:0;font:inherit}
-.rollouts .resp{white-space:pre-wrap;font-family:ui-monospace,monospace}.rollouts .tok{border-right:1px solid #eee;color:#111}
+.rollouts .resp{white-space:pre-wrap;font-family:ui-monospace,monospace,'Noto Sans Mono CJK SC'}.rollouts .tok{border-right:1px solid #eee;color:#111}
 .rollouts .part{color:#999}.rollouts .scores{font-size:12px;color:#333}.rollouts .controls{position:sticky;top:0;background:#fff;padding:.3em 0}"""
 _JS = """document.addEventListener('change', function (e) {
   var t = e.target; if (!t.matches || !t.matches('.rollouts input[data-metric]')) return;
