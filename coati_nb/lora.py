@@ -20,7 +20,8 @@ from .utils import atomic_write, cli_errors, count_parameters
 # %% auto #0
 __all__ = ['LORA_TRAIN_BIAS', 'PEFT_PREFIX', 'LoraRankError', 'LoraLinear', 'mark_only_lora_as_trainable',
            'convert_to_lora_module', 'LoRAModule', 'fit_low_rank_update', 'lora_parameter_table', 'markdown_table',
-           'merge_lora_weights', 'save_lora_as_peft', 'load_lora_from_peft', 'lora_demo', 'lora_demo_cli']
+           'merge_lora_weights', 'save_lora_as_peft', 'lora_base_state_dict', 'load_lora_from_peft', 'lora_demo',
+           'lora_demo_cli']
 
 # %% ../nbs/01_lora.ipynb #f9bd1dec
 def _is_conv1d(layer: nn.Module) -> bool:
@@ -405,6 +406,19 @@ def save_lora_as_peft(model: nn.Module,        # a transformers model with LoraL
     with atomic_write(path / 'adapter_config.json') as tmp:
         tmp.write_text(json.dumps(config, indent=2) + '\n')
     return path
+
+
+# %% ../nbs/01_lora.ipynb #022db612
+def lora_base_state_dict(model: nn.Module, # a model holding LoraLinear layers (a transformers model, or a LoRAModule wrapping one)
+                        ) -> dict:
+    "The state dict of `model` without its LoRA update: every LoraLinear as its base layer (W, and the bias as it is now)."
+    sd = model.state_dict()
+    for name, layer in model.named_modules():
+        if not isinstance(layer, LoraLinear): continue
+        prefix = f'{name}.' if name else ''
+        for k in ('lora_A', 'lora_B'): del sd[prefix + k]
+        if layer.merged: sd[prefix + 'weight'] = _add_fp32(layer.weight, layer.delta_weight(), -1)   # W = (W + ΔW) − ΔW
+    return sd
 
 
 # %% ../nbs/01_lora.ipynb #77556c68

@@ -16,16 +16,18 @@ from safetensors.torch import load_file, save_file
 from transformers import (BloomConfig, BloomForCausalLM, BloomModel, GPT2Config, GPT2LMHeadModel, GPT2Model,
                           LlamaConfig, LlamaForCausalLM, LlamaModel, OPTConfig, OPTForCausalLM, OPTModel)
 
-from .lora import LoRAModule, LoraLinear
-from .utils import log_probs_from_logits, masked_mean
+from transformers.models.auto.modeling_auto import MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING
+
+from .lora import LoRAModule, LoraLinear, load_lora_from_peft, lora_base_state_dict, save_lora_as_peft
+from .utils import atomic_write, log_probs_from_logits, masked_mean
 
 # %% auto #0
-__all__ = ['MODEL_FAMILIES', 'LOGPROB_FLOOR', 'OPTIONS_FILE', 'GPTActor', 'GPTCritic', 'GPTRM', 'GPTLM', 'BLOOMActor',
-           'BLOOMCritic', 'BLOOMRM', 'BLOOMLM', 'OPTActor', 'OPTCritic', 'OPTRM', 'OPTLM', 'LlamaActor', 'LlamaCritic',
-           'LlamaRM', 'LlamaLM', 'ModelFamily', 'register_family', 'get_family', 'tiny_config', 'load_transformer',
-           'position_ids_from_attention_mask', 'Actor', 'top_k_filter', 'top_p_filter', 'process_logits',
-           'make_value_head', 'ValueModel', 'Critic', 'last_token_index', 'RewardModel', 'LM', 'saved_options',
-           'family_class']
+__all__ = ['MODEL_FAMILIES', 'LOGPROB_FLOOR', 'OPTIONS_FILE', 'BASE_MODEL_DIR', 'GPTActor', 'GPTCritic', 'GPTRM', 'GPTLM',
+           'BLOOMActor', 'BLOOMCritic', 'BLOOMRM', 'BLOOMLM', 'OPTActor', 'OPTCritic', 'OPTRM', 'OPTLM', 'LlamaActor',
+           'LlamaCritic', 'LlamaRM', 'LlamaLM', 'ModelFamily', 'register_family', 'get_family', 'tiny_config',
+           'load_transformer', 'position_ids_from_attention_mask', 'Actor', 'top_k_filter', 'top_p_filter',
+           'process_logits', 'make_value_head', 'ValueModel', 'Critic', 'last_token_index', 'RewardModel', 'LM',
+           'saved_options', 'hf_score_mismatch', 'family_class']
 
 # %% ../nbs/03_models.ipynb #a008f1cf
 @dataclass(frozen=True)
@@ -105,6 +107,18 @@ def _enable_checkpointing(model: nn.Module):
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kw)
 
 
+# %% ../nbs/03_models.ipynb #4d9d42e8
+_QUIET_BASE: dict = {}
+
+def _base_ignoring_score(cls: type) -> type:
+    "A subclass of the base-model class `cls` that loads a sequence-classification folder without warning about `score.weight`."
+    if cls not in _QUIET_BASE:
+        ignore = [*(getattr(cls, '_keys_to_ignore_on_load_unexpected', None) or []), r'^score\.weight$']
+        _QUIET_BASE[cls] = type(cls.__name__, (cls,), {'__module__': cls.__module__, '__qualname__': cls.__qualname__,
+                                                        '_keys_to_ignore_on_load_unexpected': ignore})
+    return _QUIET_BASE[cls]
+
+
 # %% ../nbs/03_models.ipynb #687e68f9
 def load_transformer(family: str,                  # a registered family, e.g. 'gpt2'
                      kind: str,                    # 'causal_lm' (with LM head) or 'base' (no head)
@@ -129,7 +143,7 @@ def load_transformer(family: str,                  # a registered family, e.g. '
         if model_type != fam.config_cls.model_type:
             raise ValueError(f"pretrained folder {str(path)!r} holds a {model_type!r} model, "
                              f"but family {family!r} expects {fam.config_cls.model_type!r}")
-        model = cls.from_pretrained(path, local_files_only=True)
+        model = (_base_ignoring_score(cls) if kind == 'base' else cls).from_pretrained(path, local_files_only=True)
     elif config is not None:
         if not isinstance(config, fam.config_cls):
             raise TypeError(f"config must be a {fam.config_cls.__name__} for family {family!r}, "
@@ -309,11 +323,13 @@ def forward(self: Actor,
 
 
 # %% ../nbs/03_models.ipynb #2a700b4d
-def make_value_head(hidden_size: int, # d, the width of last_hidden_state
+def make_value_head(hidden_size: int,  # d, the width of last_hidden_state
+                    bias: bool = True, # False: v = w·h only, like transformers' `score` head (the same random draws)
                    ) -> nn.Linear:
     "nn.Linear(d, 1) with weights drawn from N(0, std=1/(d+1)), as ColossalChat initialises its reward models' value heads."
-    head = nn.Linear(hidden_size, 1)
+    head = nn.Linear(hidden_size, 1)       # draws a bias even when it is dropped below, so w is the same either way
     nn.init.normal_(head.weight, mean=0.0, std=1.0 / (hidden_size + 1))
+    if not bias: head.bias = None
     return head
 
 def _load_value_head(folder) -> nn.Linear|None:
@@ -321,16 +337,17 @@ def _load_value_head(folder) -> nn.Linear|None:
     f = Path(folder) / 'value_head.safetensors'
     if not f.is_file(): return None
     sd = load_file(f)
-    if set(sd) != {'weight', 'bias'} or sd['weight'].dim() != 2 or sd['weight'].size(0) != 1:
-        raise ValueError(f"{f} is not a value head: expected tensors 'weight' (1, d) and 'bias' (1,), "
+    if set(sd) not in ({'weight'}, {'weight', 'bias'}) or sd['weight'].dim() != 2 or sd['weight'].size(0) != 1:
+        raise ValueError(f"{f} is not a value head: expected tensors 'weight' (1, d) and, optionally, 'bias' (1,), "
                          f"got {({k: tuple(v.shape) for k, v in sd.items()})}")
-    head = nn.Linear(sd['weight'].size(1), 1)
+    head = nn.Linear(sd['weight'].size(1), 1, bias='bias' in sd)
     head.load_state_dict(sd)
     return head
 
+
 # %% ../nbs/03_models.ipynb #8f2313c9
 class ValueModel(LoRAModule):
-    "A base transformer with LoRA on the backbone and a value head v_t = w·h_t + b: what Critic and RewardModel share."
+    "A base transformer with LoRA on the backbone and a value head v_t = w·h_t + b (or w·h_t): what Critic and RewardModel share."
     _head_error = "the value head must output 1 feature, got {}"   # each role words it its own way
     def __init__(self,
                  model: nn.Module,                 # a transformers base model (no LM head)
@@ -338,11 +355,14 @@ class ValueModel(LoRAModule):
                  lora_rank: int = 0,               # LoRA rank of the backbone, 0 = no LoRA
                  lora_train_bias: str = 'none',    # 'none', 'all' or 'lora_only'
                  position_ids_from_mask: bool = True, # False: no position ids in forward, as ColossalChat
+                 value_head_bias: bool = True,     # False: a head without bias (v = w·h), as transformers' `score` (section 10.1)
                 ):
         _init_backbone(self, model, lora_rank, lora_train_bias, position_ids_from_mask)   # the head is attached afterwards
         if value_head is not None and getattr(value_head, 'out_features', 1) != 1:
             raise ValueError(self._head_error.format(value_head.out_features))
-        self.value_head = value_head if value_head is not None else make_value_head(_hidden_size(model.config))
+        if value_head is not None and not _check_flag('value_head_bias', value_head_bias) and getattr(value_head, 'bias', None) is not None:
+            raise ValueError("value_head_bias=False, but the given value_head has a bias")
+        self.value_head = value_head if value_head is not None else make_value_head(_hidden_size(model.config), value_head_bias)
 
     def values(self, sequences: torch.LongTensor, attention_mask: torch.Tensor|None = None) -> torch.Tensor:
         "The value head at every position, (B, S)."
@@ -360,8 +380,9 @@ class Critic(ValueModel):
                  lora_train_bias: str = 'none',    # 'none', 'all' or 'lora_only'
                  use_action_mask: bool = False,    # ColossalChat: average the values over the prompt when given an action mask
                  position_ids_from_mask: bool = True, # False: no position ids in forward, as ColossalChat
+                 value_head_bias: bool = True,     # False: a value head without bias
                 ):
-        super().__init__(model, value_head, lora_rank, lora_train_bias, position_ids_from_mask)
+        super().__init__(model, value_head, lora_rank, lora_train_bias, position_ids_from_mask, value_head_bias)
         self.use_action_mask = _check_flag('use_action_mask', use_action_mask)
 
     def forward(self,
@@ -410,10 +431,11 @@ class RewardModel(ValueModel):
                  lora_train_bias: str = 'none',    # 'none', 'all' or 'lora_only'
                  pooling: str = 'last',            # 'last' real token (corrected) or 'mean' (ColossalChat)
                  position_ids_from_mask: bool = True, # False: no position ids in forward, as ColossalChat
+                 value_head_bias: bool = True,     # False: no bias, so plain transformers scores exactly as we do (10.1)
                 ):
         _check_lora_args(lora_rank, lora_train_bias)    # LoRA errors first, as ColossalChat
         if pooling not in ('last', 'mean'): raise ValueError(f"pooling must be 'last' or 'mean', got {pooling!r}")
-        super().__init__(model, value_head, lora_rank, lora_train_bias, position_ids_from_mask)
+        super().__init__(model, value_head, lora_rank, lora_train_bias, position_ids_from_mask, value_head_bias)
         self.pooling = pooling
 
     def forward(self,
@@ -472,24 +494,96 @@ def saved_options(folder) -> dict:
     return data['options']
 
 
+# %% ../nbs/03_models.ipynb #8e34c814
+def _seq_cls_class(config) -> type|None:
+    "transformers' sequence-classification class for `config` (e.g. LlamaForSequenceClassification), or None."
+    try: return MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING[type(config)]
+    except KeyError: return None
+
+def hf_score_mismatch(model: ValueModel, # a Critic or RewardModel
+                     ) -> str|None:
+    "Why transformers' XForSequenceClassification would score differently from `model`; None when it scores the same."
+    if not isinstance(model, ValueModel): raise TypeError(f"hf_score_mismatch takes a Critic or RewardModel, got {type(model).__name__}")
+    cfg, head = model.model.config, model.value_head
+    if _seq_cls_class(cfg) is None: return f"transformers has no sequence-classification class for {type(cfg).__name__}"
+    if not isinstance(model, RewardModel):
+        return f"a {type(model).__name__}'s sequence value is ColossalChat's mean over positions, not the last token's value"
+    if model.pooling != 'last': return f"pooling={model.pooling!r} averages over positions; transformers scores the last non-pad token"
+    if type(head) is not nn.Linear: return f"the value head is a {type(head).__name__}, not an nn.Linear"
+    if head.bias is not None and bool(head.bias.detach().ne(0).any()):
+        return (f"the value head has a bias b={head.bias.item():.6g} and transformers' `score` has none "
+                "(build the reward model with value_head_bias=False)")
+    pad, eos = cfg.pad_token_id, cfg.eos_token_id
+    if pad is None: return "config.pad_token_id is None: transformers cannot find the last real token of a padded row"
+    if pad in (eos if isinstance(eos, (list, tuple)) else [eos]):
+        return f"pad_token_id={pad} is also an eos id: transformers would skip a final eos as padding"
+    return None
+
+
+# %% ../nbs/03_models.ipynb #3b0e7986
+def _seq_cls_weights(self: ValueModel, state_dict: dict) -> tuple[dict, type|None]:
+    "The backbone's state dict in the XForSequenceClassification layout: prefixed keys plus `score.weight` (w, or [w | b] when not exact)."
+    cls = _seq_cls_class(self.model.config)
+    if cls is None: return state_dict, None              # AutoModelForSequenceClassification refuses such a config by itself
+    head, d = self.value_head, _hidden_size(self.model.config)
+    w = head.weight.detach().reshape(1, d) if type(head) is nn.Linear else torch.zeros(1, d)
+    if hf_score_mismatch(self) is not None:               # (1, d+1) fits no `score` layer: loading fails loudly
+        b = getattr(head, 'bias', None)
+        w = torch.cat([w, (b.detach().reshape(1, 1) if b is not None else w.new_zeros(1, 1)).to(w)], dim=1)
+    sd = {f'{cls.base_model_prefix}.{k}': v for k, v in state_dict.items()}
+    sd['score.weight'] = w.contiguous()
+    return sd, cls
+
+def _mark_seq_cls_config(folder: Path, cls: type):
+    "Rewrite folder/config.json so that AutoModelForSequenceClassification builds `cls` with one label."
+    f = folder / 'config.json'
+    cfg = json.loads(f.read_text(encoding='utf-8'))
+    cfg.update(architectures=[cls.__name__], id2label={'0': 'LABEL_0'}, label2id={'LABEL_0': 0})
+    with atomic_write(f) as tmp: tmp.write_text(json.dumps(cfg, indent=2, sort_keys=True) + '\n', encoding='utf-8')
+
+
+# %% ../nbs/03_models.ipynb #705cb0c4
+BASE_MODEL_DIR = 'base_model'   # the subfolder of an adapter folder holding the base model (weights without LoRA)
+
+def _save_peft_folder(self: Actor|ValueModel, folder: Path):
+    "Write the LoRA factors as a PEFT adapter in `folder` and the base model without LoRA in `folder/base_model`."
+    if isinstance(self, ValueModel):
+        raise ValueError(f"save_pretrained(merge_lora_weights=False): a {type(self).__name__} with LoRA cannot be written as a "
+                         "PEFT adapter (its value head would need PEFT's modules_to_save); save it with merge_lora_weights=True")
+    folder.mkdir(parents=True, exist_ok=True)
+    self.model.save_pretrained(folder / BASE_MODEL_DIR, state_dict=lora_base_state_dict(self.model))
+    save_lora_as_peft(self, folder, base_model_name_or_path=BASE_MODEL_DIR, task_type='CAUSAL_LM')
+
+
 # %% ../nbs/03_models.ipynb #ef0eeb4a
-@patch
-def save_pretrained(self: Actor|ValueModel, save_directory: str|Path):
-    "Write the backbone (Hugging Face format, LoRA merged) and, if there is one, the value head."
-    save_directory = Path(save_directory)
+def _save_merged(self: Actor|ValueModel, save_directory: Path):
+    "The model with LoRA merged, in Hugging Face format; a value model as XForSequenceClassification plus value_head.safetensors."
     save_directory.mkdir(parents=True, exist_ok=True)
     state_dict = _plain_state_dict(self.model)
+    head = getattr(self, 'value_head', None)
+    if head is not None: state_dict, seq_cls = _seq_cls_weights(self, state_dict)
     untie = _merge_untied_lm_head(self.model, state_dict)      # LoRA on the LM head: it no longer equals the embeddings
     if untie: self.model.config.tie_word_embeddings = False
     try: self.model.save_pretrained(save_directory, state_dict=state_dict)
     finally:
         if untie: self.model.config.tie_word_embeddings = True
-    head = getattr(self, 'value_head', None)
     if head is not None:
+        if seq_cls is not None: _mark_seq_cls_config(save_directory, seq_cls)
         save_file({k: v.detach().cpu().contiguous() for k, v in head.state_dict().items()},
                   str(save_directory / 'value_head.safetensors'))
-    options = {k: getattr(self, k) for k in _SAVED_OPTIONS if hasattr(self, k)}
-    (save_directory / OPTIONS_FILE).write_text(json.dumps({'role': type(self).__name__, 'options': options}, indent=1))
+
+@patch
+def save_pretrained(self: Actor|ValueModel, save_directory: str|Path,
+                    merge_lora_weights: bool = True, # False: LoRA as a PEFT adapter + base_model/ (10.2); no effect without LoRA
+                   ):
+    "Write the model for plain transformers (LoRA merged, or as a PEFT adapter) and coati_nb's options."
+    save_directory = Path(save_directory)
+    has_lora = any(isinstance(m, LoraLinear) for m in self.model.modules())
+    if not _check_flag('merge_lora_weights', merge_lora_weights) and has_lora: _save_peft_folder(self, save_directory)
+    else: _save_merged(self, save_directory)
+    info = {'role': type(self).__name__, 'options': {k: getattr(self, k) for k in _SAVED_OPTIONS if hasattr(self, k)}}
+    if isinstance(self, ValueModel): info['transformers_score'] = hf_score_mismatch(self) or 'exact'
+    with atomic_write(save_directory / OPTIONS_FILE) as tmp: tmp.write_text(json.dumps(info, indent=1))
 
 
 # %% ../nbs/03_models.ipynb #a59ae65c
@@ -515,7 +609,8 @@ def family_class(family: str, # a registered family, e.g. 'bloom'
                  lora_train_bias: str = 'none',    # 'none', 'all' or 'lora_only'
                  **kwargs):                        # role options: use_action_mask (critic), pooling (rm), position_ids_from_mask
         _check_lora_args(lora_rank, lora_train_bias)
-        model = load_transformer(fam.name, kind, pretrained, config, checkpoint)
+        adapter = pretrained is not None and (Path(pretrained) / 'adapter_config.json').is_file()   # merge_lora_weights=False
+        model = load_transformer(fam.name, kind, Path(pretrained) / BASE_MODEL_DIR if adapter else pretrained, config, checkpoint)
         if pretrained is not None:
             accepted = inspect.signature(base.__init__).parameters          # options of another role are ignored
             saved = {k: v for k, v in saved_options(pretrained).items() if k in accepted}
@@ -523,6 +618,7 @@ def family_class(family: str, # a registered family, e.g. 'bloom'
         if kind == 'base' and pretrained is not None and kwargs.get('value_head') is None:
             kwargs['value_head'] = _load_value_head(pretrained)
         base.__init__(self, model, lora_rank=lora_rank, lora_train_bias=lora_train_bias, **kwargs)
+        if adapter: load_lora_from_peft(self, pretrained)
 
     name = fam.prefix + suffix
     __init__.__qualname__ = f'{name}.__init__'
