@@ -4,7 +4,7 @@
 
 # %% ../nbs/15_cli.ipynb #509fdaed
 from __future__ import annotations
-import argparse, copy, functools, json, math, os, sys
+import argparse, copy, functools, importlib.util, json, math, os, sys, time
 from types import SimpleNamespace
 from dataclasses import asdict, fields
 from pathlib import Path
@@ -27,8 +27,9 @@ from .trainer.rm import RewardModelTrainer
 from .trainer.sft import SFTTrainer
 
 # %% auto #0
-__all__ = ['sft_parser', 'train_sft_cli', 'rm_parser', 'load_reward_model_weights', 'train_rm_cli', 'prompts_parser',
-           'experience_options', 'build_ppo', 'train_prompts_cli', 'pipeline_parser', 'pipeline_cli']
+__all__ = ['DEFAULT_MAX_NEW_TOKENS', 'sft_parser', 'train_sft_cli', 'rm_parser', 'load_reward_model_weights', 'train_rm_cli',
+           'prompts_parser', 'experience_options', 'response_length', 'build_ppo', 'train_prompts_cli',
+           'pipeline_parser', 'pipeline_cli']
 
 # %% ../nbs/15_cli.ipynb #17c05605
 def _bounded(kind, strict: bool):
@@ -52,6 +53,21 @@ def _bool(s: str) -> bool:
     if s.lower() in ('0', 'false', 'no', 'n'): return False
     raise argparse.ArgumentTypeError(f"expected True or False, got {s!r}")
 
+# %% ../nbs/15_cli.ipynb #5d6fdee3
+def _log_dir(a, stage: str) -> Path|None:
+    "TensorBoard folder of this run, LOG_DIR/<stage>/<time> as later ColossalChat; None without --log_dir."
+    return Path(a.log_dir)/stage/time.strftime('%Y-%m-%d_%H-%M-%S') if getattr(a, 'log_dir', None) else None
+
+def _check_loggers(a) -> None:
+    "--log_dir needs tensorboard and --use_wandb needs wandb: say so before anything loads."
+    if getattr(a, 'log_dir', None) and importlib.util.find_spec('tensorboard') is None:
+        raise SystemExit(f"error: --log_dir {a.log_dir} writes TensorBoard event files and needs the tensorboard package: "
+                         "pip install tensorboard  (or coati_nb[tensorboard])")
+    if getattr(a, 'use_wandb', False) and importlib.util.find_spec('wandb') is None:
+        raise SystemExit("error: --use_wandb needs the wandb package: pip install wandb  (or coati_nb[wandb]); "
+                         "WANDB_MODE=offline logs without a network")
+
+
 # %% ../nbs/15_cli.ipynb #0e25a60f
 def _common(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     "Flags every training script shares (ColossalChat's names)."
@@ -71,6 +87,9 @@ def _common(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument('--grad_checkpoint', action='store_true', help='gradient checkpointing')
     p.add_argument('--need_optim_ckpt', type=_bool, default=False, help='also save the optimizer state')
     p.add_argument('--metrics_path', default=None, help='JSON lines metrics file (default: SAVE_PATH/metrics.jsonl)')
+    p.add_argument('--log_dir', default=None, help='also write TensorBoard event files under LOG_DIR/<stage>/<time> (later ColossalChat; needs tensorboard)')
+    p.add_argument('--use_wandb', action='store_true', help='also log to a wandb run in project Coati (needs wandb; WANDB_MODE=offline works without a network)')
+    p.add_argument('--merge_lora_weights', type=_bool, default=True, help='False: write LoRA as a PEFT adapter instead of merging it (later ColossalChat)')
     p.add_argument('--seed', type=int, default=42)
     p.add_argument('--skip_bad', action='store_true', help='skip unreadable lines and unusable rows (counted and named in a warning) instead of stopping')
     p.add_argument('--debug', action='store_true', help='print the full traceback of an error')
@@ -132,7 +151,7 @@ def _save(strategy, model, tokenizer, a, optim=None):
     if not a.save_path: return
     check_finite_weights(strategy.unwrap_model(model), f"--save_path {a.save_path}")
     if strategy.is_rank_0():
-        _save_hf(strategy.unwrap_model(model), tokenizer, Path(a.save_path))
+        _save_hf(strategy.unwrap_model(model), tokenizer, Path(a.save_path), merge_lora_weights=a.merge_lora_weights)
         if a.need_optim_ckpt and optim is not None: strategy.save_optimizer(optim, Path(a.save_path)/'optimizer.pt', only_rank0=True)
     strategy.barrier()
     if strategy.is_rank_0(): print(f"saved to {a.save_path}")
@@ -169,11 +188,12 @@ def sft_parser() -> argparse.ArgumentParser:
     p.add_argument('--pretrain_text', action='store_true', help='--dataset holds plain {"text": ...} rows: continued pre-training')
     p.add_argument('--accumulation_steps', type=_positive(int), default=8)
     p.add_argument('--max_norm', type=_positive(float), default=1.0)
+    p.add_argument('--test', type=_bool, default=False, help="a quick run: the first 100 training and 10 eval rows (train_reward_model.py's --test)")
     return _epoch_checkpoints(p)
 
-def _sft_dataset(path, tokenizer, a):
-    if a.pretrain_text: return TextDataset(path, tokenizer, a.max_len, a.max_datasets_size)
-    rows = read_rows(path, max_datasets_size=a.max_datasets_size, skip_bad=a.skip_bad)
+def _sft_dataset(path, tokenizer, a, limit=None):
+    if a.pretrain_text: return TextDataset(path, tokenizer, a.max_len, limit)
+    rows = read_rows(path, max_datasets_size=limit, skip_bad=a.skip_bad)
     if 'completion' in rows[0] and 'prompt' in rows[0]: return SFTDataset(rows, tokenizer, a.max_len, skip_bad=a.skip_bad)
     return SupervisedDataset(rows, tokenizer, max_length=a.max_len, skip_bad=a.skip_bad)
 
@@ -182,13 +202,14 @@ def _sft_dataset(path, tokenizer, a):
 def train_sft_cli(argv: list[str]|None = None) -> int:
     "coati_nb_train_sft: supervised fine-tuning with ColossalChat's flags."
     a = sft_parser().parse_args(argv); _check_strategy(a, 'coati_nb_train_sft')
-    _check_paths(a, 'pretrain', 'tokenizer', 'dataset', 'eval_dataset'); _check_writable(a, 'save_path', 'ckpt_dir')
+    _check_paths(a, 'pretrain', 'tokenizer', 'dataset', 'eval_dataset'); _check_writable(a, 'save_path', 'ckpt_dir', 'log_dir'); _check_loggers(a)
     if a.resume and not a.ckpt_dir: raise ValueError('--resume needs --ckpt_dir (where the epoch checkpoints are)')
     strategy = _make_strategy(a)
     set_seed(a.seed)                                           # model initialisation, sampling and shuffles repeat with --seed
     tok = _tokenizer(a)
-    train = _sft_dataset(a.dataset or toy_data_path('corpus' if a.pretrain_text else 'sft'), tok, a)
-    ev = _sft_dataset(a.eval_dataset, tok, a) if a.eval_dataset else None
+    n_train, n_eval = (100, 10) if a.test else (a.max_datasets_size, a.max_datasets_size)   # as train_rm's --test
+    train = _sft_dataset(a.dataset or toy_data_path('corpus' if a.pretrain_text else 'sft'), tok, a, n_train)
+    ev = _sft_dataset(a.eval_dataset, tok, a, n_eval) if a.eval_dataset else None
     with strategy.model_init_context(): model = _model(a, 'lm', tok)
     optim = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=a.lr)
     model, optim = strategy.prepare((model, optim))
@@ -199,7 +220,8 @@ def train_sft_cli(argv: list[str]|None = None) -> int:
     metrics = _metrics_path(a)
     t = SFTTrainer(model, strategy, optim, sched, a.max_epochs, a.accumulation_steps, a.max_norm, metrics_path=metrics,
                    log_interval=a.log_interval, ckpt_dir=a.ckpt_dir)
-    t.fit(dl, strategy.setup_dataloader(ev, a.batch_size, shuffle=False, collate_fn=collate) if ev else None, resume=a.resume)
+    t.fit(dl, strategy.setup_dataloader(ev, a.batch_size, shuffle=False, collate_fn=collate) if ev else None, resume=a.resume,
+          log_dir=_log_dir(a, 'sft'), use_wandb=a.use_wandb)
     _save(strategy, model, tok, a, optim)
     return 0
 
@@ -270,7 +292,7 @@ def load_reward_model_weights(model: torch.nn.Module, # a RewardModel (or Critic
 def train_rm_cli(argv: list[str]|None = None) -> int:
     "coati_nb_train_rm: reward model training with ColossalChat's flags."
     a = rm_parser().parse_args(argv); _check_strategy(a, 'coati_nb_train_rm')
-    _check_paths(a, 'pretrain', 'tokenizer', 'dataset', 'eval_dataset', 'model_path'); _check_writable(a, 'save_path', 'ckpt_dir')
+    _check_paths(a, 'pretrain', 'tokenizer', 'dataset', 'eval_dataset', 'model_path'); _check_writable(a, 'save_path', 'ckpt_dir', 'log_dir'); _check_loggers(a)
     if a.resume and not a.ckpt_dir: raise ValueError('--resume needs --ckpt_dir (where the epoch checkpoints are)')
     strategy = _make_strategy(a)
     set_seed(a.seed)                                           # model initialisation, sampling and shuffles repeat with --seed
@@ -292,7 +314,7 @@ def train_rm_cli(argv: list[str]|None = None) -> int:
     t = RewardModelTrainer(model, strategy, optim, sched, a.loss_fn, a.max_epochs, a.max_norm, metrics_path=metrics, log_interval=a.log_interval,
                            ckpt_dir=a.ckpt_dir)
     evdl = strategy.setup_dataloader(ev, a.batch_size, shuffle=False, collate_fn=collate) if ev is not None else None
-    t.fit(dl, evdl, resume=a.resume)
+    t.fit(dl, evdl, resume=a.resume, log_dir=_log_dir(a, 'rm'), use_wandb=a.use_wandb)
     if evdl is not None and strategy.is_rank_0():
         m = t.evaluate(evdl); print(f"held-out accuracy {m['eval/acc']:.3f}, mean chosen-rejected gap {m['eval/dist']:.3f}")
     _save(strategy, model, tok, a, optim)
@@ -301,7 +323,8 @@ def train_rm_cli(argv: list[str]|None = None) -> int:
 # %% ../nbs/15_cli.ipynb #a79116b5
 def prompts_parser() -> argparse.ArgumentParser:
     p = _common(argparse.ArgumentParser(prog='coati_nb_train_prompts', description='PPO with PTX (ColossalChat train_prompts.py flags).'))
-    p.add_argument('--prompt_dataset', default=None, help='prompts: JSON / JSON lines / CSV with instruction or prompt (default: bundled)')
+    p.add_argument('--prompt_dataset', '--prompt_path', dest='prompt_dataset', default=None,
+                   help='prompts: JSON / JSON lines / CSV with instruction or prompt (default: bundled); --prompt_path: its spring-2023 name')
     p.add_argument('--pretrain_dataset', default=None, help='PTX data: instruction rows or {"text"} rows (default: bundled SFT data)')
     p.add_argument('--rm_model', choices=sorted(MODEL_FAMILIES), default=None, help='reward model family (default: --model)')
     p.add_argument('--rm_pretrain', default=None, help='reward model folder (default: --pretrain)')
@@ -316,7 +339,8 @@ def prompts_parser() -> argparse.ArgumentParser:
     p.add_argument('--ptx_coef', type=_non_negative(float), default=None, help='PTX weight (default: the preset\'s, 0.9 as ColossalChat); convex in coati, additive in corrected')
     p.add_argument('--critic_lr', type=_positive(float), default=None, help='critic learning rate (default: --lr)')
     p.add_argument('--max_input_len', type=_positive(int), default=96, help='longest prompt in tokens')
-    p.add_argument('--max_new_tokens', type=_positive(int), default=32, help='longest response')
+    p.add_argument('--max_new_tokens', type=_positive(int), default=None, help='longest response (default: 32, or --max_seq_len − --max_input_len)')
+    p.add_argument('--max_seq_len', type=_positive(int), default=None, help="ColossalChat's generation max_length: prompt (--max_input_len) + response")
     p.add_argument('--top_k', type=_non_negative(int), default=50)
     p.add_argument('--temperature', type=_positive(float), default=1.0)
     p.add_argument('--eps_clip', type=_positive(float), default=0.2)
@@ -344,6 +368,21 @@ def experience_options(a) -> dict:
                       ('no_eos_penalty', 'no_eos_penalty')):
         if getattr(a, flag) is not None: opts[key] = getattr(a, flag)
     return opts
+
+# %% ../nbs/15_cli.ipynb #76cd921c
+DEFAULT_MAX_NEW_TOKENS = 32   # = ColossalChat's max_seq_len 128 − max_input_len 96
+
+def response_length(a) -> int:
+    "The response length from --max_new_tokens and ColossalChat's --max_seq_len (prompt + response), checked against each other."
+    if a.max_seq_len is None: return a.max_new_tokens if a.max_new_tokens is not None else DEFAULT_MAX_NEW_TOKENS
+    room = a.max_seq_len - a.max_input_len
+    if room < 1: raise SystemExit(f"error: --max_seq_len {a.max_seq_len} must be larger than --max_input_len {a.max_input_len} "
+                                  "(it counts the prompt and the response)")
+    if a.max_new_tokens is not None and a.max_new_tokens != room:
+        raise SystemExit(f"error: --max_new_tokens {a.max_new_tokens} and --max_seq_len {a.max_seq_len} disagree: with "
+                         f"--max_input_len {a.max_input_len} the response has {room} tokens; give one of the two")
+    return room
+
 
 # %% ../nbs/15_cli.ipynb #1d5c7058
 def _ppo_data(a, tok, strategy, ptx_coef: float):
@@ -404,7 +443,7 @@ def build_ppo(a: argparse.Namespace, # parsed `prompts_parser()` flags
                          max_epochs=a.max_epochs, experience_options=opts, **tr,
                          pad_token_id=tok.pad_token_id, metrics_path=metrics, ckpt_dir=ckpt, save_interval=a.save_interval,
                          checkpoint_frozen=not a.pretrain,     # models built at random go into the checkpoint: no folder rebuilds them
-                         max_new_tokens=a.max_new_tokens, do_sample=True,
+                         max_new_tokens=response_length(a), do_sample=True,
                          top_k=a.top_k or None, temperature=a.temperature, eos_token_id=tok.eos_token_id, **preset['generation'])
     prompt_dl = strategy.setup_dataloader(prompts, a.experience_batch_size, collate_fn=DataCollatorForPromptDataset(tok))
     return SimpleNamespace(strategy=strategy, tokenizer=tok, actor=actor, critic=critic, reward_model=reward_model,
@@ -418,9 +457,10 @@ def train_prompts_cli(argv: list[str]|None = None) -> int:
     a = prompts_parser().parse_args(argv); _check_strategy(a, 'coati_nb_train_prompts')
     _check_paths(a, 'pretrain', 'tokenizer', 'prompt_dataset', 'pretrain_dataset', 'rm_pretrain', 'rm_path', 'ckpt_dir' if a.resume else 'pretrain')
     if a.resume and not (a.ckpt_dir or a.save_path): raise SystemExit("error: --resume needs --ckpt_dir or --save_path")
-    _check_writable(a, 'save_path', 'ckpt_dir')
+    _check_writable(a, 'save_path', 'ckpt_dir', 'log_dir'); _check_loggers(a); response_length(a)
     b = build_ppo(a)
-    hist = b.trainer.fit(b.prompt_dataloader, b.pretrain_dataloader, a.num_episodes, a.max_timesteps, a.update_timesteps, resume=a.resume)
+    hist = b.trainer.fit(b.prompt_dataloader, b.pretrain_dataloader, a.num_episodes, a.max_timesteps, a.update_timesteps, resume=a.resume,
+                         log_dir=_log_dir(a, 'ppo'), use_wandb=a.use_wandb)
     if b.strategy.is_rank_0() and hist:
         h = hist[-1]; print(f"PPO: {b.trainer.update_step} updates; last score {h['objective/scores']:.4f}, KL {h['objective/kl']:.4f}")
     _save(b.strategy, b.actor, b.tokenizer, a, b.actor_optim)

@@ -18,7 +18,7 @@ from safetensors.torch import load_model as _st_load_model, save_model as _st_sa
 from ..utils import atomic_write, is_rank_0, get_world_size
 
 # %% auto #0
-__all__ = ['MetricsLogger', 'read_metrics', 'truncate_metrics', 'Callback', 'flops_per_token', 'peak_flops',
+__all__ = ['WANDB_PROJECT', 'MetricsLogger', 'read_metrics', 'truncate_metrics', 'Callback', 'flops_per_token', 'peak_flops',
            'PerformanceEvaluator', 'EarlyStopping', 'rng_state', 'set_rng_state', 'check_finite_weights',
            'save_checkpoint', 'latest_checkpoint', 'load_checkpoint', 'Trainer', 'accumulation_groups', 'SLTrainer']
 
@@ -29,21 +29,19 @@ def _to_number(v):
     return v
 
 class MetricsLogger:
-    "Append one JSON object per step to `path` (rank 0 only); optionally mirror scalars to TensorBoard."
+    "Append one JSON object per step to `path` (rank 0 only); optionally mirror scalars to TensorBoard and wandb (§1.1)."
     def __init__(self,
                  path: str|os.PathLike|None, # JSON lines file; None keeps metrics in memory only
-                 tensorboard_dir: str|os.PathLike|None = None, # write TensorBoard events here too, if installed
+                 tensorboard_dir: str|os.PathLike|None = None, # write TensorBoard events here too (needs `tensorboard`)
                  resume: bool = False, # keep existing lines (resume) instead of starting a new file
+                 wandb_project: str|None = None, # also log to a new wandb run in this project (needs `wandb`)
                 ):
-        self.path, self.records, self._tb = (Path(path) if path else None), [], None
+        self.path, self.records, self._tb, self._wandb = (Path(path) if path else None), [], None, None
         if self.path is not None and is_rank_0():
             self.path.parent.mkdir(parents=True, exist_ok=True)
             if not resume: self.path.write_text('')
-        if tensorboard_dir is not None and is_rank_0():
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-                self._tb = SummaryWriter(str(tensorboard_dir))
-            except ImportError: self._tb = None
+        if tensorboard_dir is not None or wandb_project is not None: self.open_sinks(tensorboard_dir, wandb_project)
+
 
 # %% ../../nbs/08a_trainer_base.ipynb #e830eb73
 @patch
@@ -61,9 +59,10 @@ def log(self: MetricsLogger, metrics: dict, # name -> number (tensors are averag
     self.records.append(rec)
     if self.path is not None and is_rank_0():
         with open(self.path, 'a', encoding='utf-8') as f: f.write(json.dumps(rec, ensure_ascii=False) + '\n')
+    scalars = {k: v for k, v in rec.items() if isinstance(v, (int, float)) and k not in ('step', 'time')}
     if self._tb is not None:
-        for k, v in rec.items():
-            if isinstance(v, (int, float)) and k not in ('step', 'time'): self._tb.add_scalar(f'{stage}/{k}' if stage else k, v, step)
+        for k, v in scalars.items(): self._tb.add_scalar(f'{stage}/{k}' if stage else k, v, step)
+    if self._wandb is not None: self._wandb.log(scalars, step=int(step))     # TRL's / ColossalChat's names, unprefixed
     return rec
 
 # %% ../../nbs/08a_trainer_base.ipynb #d721a53d
@@ -97,6 +96,64 @@ def truncate_metrics(path: str|os.PathLike, # a JSON lines file written by Metri
     keep = [l for l in path.read_text(encoding='utf-8').splitlines()
             if l.strip() and _record_step(l) is not None and _record_step(l) <= step]
     with atomic_write(path) as p: p.write_text(''.join(l + '\n' for l in keep), encoding='utf-8')
+
+# %% ../../nbs/08a_trainer_base.ipynb #0b63853b
+@patch
+def open_sinks(self: MetricsLogger,
+               tensorboard_dir: str|os.PathLike|None = None, # write TensorBoard event files here (needs `tensorboard`)
+               wandb_project: str|None = None, # start a wandb run in this project (needs `wandb`; WANDB_MODE=offline works)
+              ) -> None:
+    "Mirror every later record to TensorBoard and/or wandb (rank 0 only); a sink asked for but not installed raises ImportError."
+    if not is_rank_0(): return
+    if tensorboard_dir is not None:
+        try: from torch.utils.tensorboard import SummaryWriter
+        except ImportError: raise ImportError("TensorBoard logging (log_dir) needs the tensorboard package: "
+                                              "pip install tensorboard  (or coati_nb[tensorboard])") from None
+        self._tb = SummaryWriter(str(tensorboard_dir))
+    if wandb_project is not None:
+        try: import wandb
+        except ImportError: raise ImportError("wandb logging (use_wandb) needs the wandb package: "
+                                              "pip install wandb  (or coati_nb[wandb])") from None
+        self._wandb = wandb.init(project=wandb_project, name=time.strftime('%Y-%m-%d %H:%M:%S'))
+
+@patch
+def close_sinks(self: MetricsLogger) -> None:
+    "Flush and close the TensorBoard writer and finish the wandb run (the JSON lines file needs no closing)."
+    if self._tb is not None: self._tb.close(); self._tb = None
+    if self._wandb is not None: self._wandb.finish(); self._wandb = None
+
+
+# %% ../../nbs/08a_trainer_base.ipynb #71402ecc
+def _wandb_records(data: bytes) -> list:
+    "The protobuf records of an offline wandb run file's bytes (a LevelDB-style log after a 7-byte header)."
+    import struct
+    from wandb.proto import wandb_internal_pb2 as pb
+    block, out, buf, pos = 32768, [], b'', 7                                 # 7: ':W&B', magic (2 bytes), version
+    while pos + 7 <= len(data):
+        left = block - pos % block
+        if left < 7: pos += left; continue                                   # a block tail too short for a header
+        _crc, n, kind = struct.unpack('<IHB', data[pos:pos + 7])
+        if kind == 0 and n == 0: pos += left; continue                       # zero padding
+        buf += data[pos + 7:pos + 7 + n]; pos += 7 + n
+        if kind in (1, 4):                                                   # FULL or LAST: a record is complete
+            r = pb.Record(); r.ParseFromString(buf); buf = b''; out.append(r)
+    return out
+
+def _wandb_history(path: str|os.PathLike, # a run-*.wandb file of an offline run
+                   timeout: float = 300.0, # give up (TimeoutError) if the run's exit record is not on disk by then
+                  ) -> list[dict]:
+    "The history rows (one per logged step) of a finished offline wandb run, once its exit record is on disk."
+    # wandb-core writes the file in the background: `finish()` can return before the records reach the disk,
+    # so wait for the signal that the run is complete (its `exit` record), not for a fixed time
+    deadline = time.monotonic() + timeout
+    while True:
+        recs = _wandb_records(Path(path).read_bytes())
+        if any(r.WhichOneof('record_type') == 'exit' for r in recs): break
+        if time.monotonic() > deadline: raise TimeoutError(f"{path}: no exit record after {timeout} s (run not finished?)")
+        time.sleep(0.05)
+    return [{i.key or '/'.join(i.nested_key): json.loads(i.value_json) for i in r.history.item}
+            for r in recs if r.WhichOneof('record_type') == 'history']
+
 
 # %% ../../nbs/08a_trainer_base.ipynb #a803907d
 class Callback:
@@ -305,6 +362,20 @@ class Trainer:
         "Every logged metrics record of this trainer."
         return self.logger.records
 
+# %% ../../nbs/08a_trainer_base.ipynb #22271539
+WANDB_PROJECT = 'Coati'   # ColossalChat's wandb.init(project="Coati") (coati/trainer/sft.py, mid-2023)
+
+@patch
+def open_sinks(self: Trainer,
+               log_dir: str|os.PathLike|None = None, # TensorBoard event files here (None: none)
+               use_wandb: bool = False, # also log to a wandb run in project WANDB_PROJECT
+              ) -> bool:
+    "Mirror this trainer's metrics to TensorBoard and/or wandb (§1.1); True when a sink was opened (`fit` closes it)."
+    if log_dir is None and not use_wandb: return False
+    self.logger.open_sinks(log_dir, WANDB_PROJECT if use_wandb else None)
+    return True
+
+
 # %% ../../nbs/08a_trainer_base.ipynb #402d6704
 @patch
 def optimizer_update(self: Trainer,
@@ -421,12 +492,15 @@ def fit(self: SLTrainer,
         eval_dataloader=None,      # evaluated at the end of every epoch
         logger=None,               # accepted for ColossalChat compatibility; metrics go to `metrics_path`
         resume: bool = False,      # continue after the newest epoch checkpoint in `ckpt_dir` (§4.6)
+        log_dir=None,              # also write TensorBoard event files here (§1.1)
+        use_wandb: bool = False,   # also log to wandb, as ColossalChat's fit(logger, use_wandb)
        ) -> list[dict]:
     "Train for `max_epochs`, evaluating after every epoch; returns the metrics history."
     n = len(train_dataloader)
     if n == 0: raise ValueError("the training dataloader is empty")
     if resume and self.ckpt_dir is None: raise ValueError("resume=True needs ckpt_dir")
     start = self._resume_epoch(resume) if self.ckpt_dir is not None else 0
+    sinks = self.open_sinks(log_dir, use_wandb)
     self.model.train(); self._call('on_fit_start')
     for epoch in range(start, self.max_epochs):
         sampler = getattr(train_dataloader, 'sampler', None)
@@ -438,6 +512,7 @@ def fit(self: SLTrainer,
         if self.ckpt_dir is not None: self._save_epoch(epoch)
         if self.should_stop: break
     self._call('on_fit_end')
+    if sinks: self.logger.close_sinks()
     return self.history
 
 

@@ -14,13 +14,14 @@ from fastcore.basics import patch
 
 from ..experience_maker import EXPERIENCE_PRESETS, Experience, NaiveExperienceMaker, eval_mode, sampling_kwargs
 from ..loss import GPTLMLoss, PolicyLoss, ValueLoss
+from ..models import process_logits
 from ..replay_buffer import NaiveReplayBuffer
 from .base import (Callback, MetricsLogger, Trainer, latest_checkpoint, load_checkpoint, save_checkpoint,
                                    truncate_metrics)
 from ..utils import is_rank_0, module_device
 
 # %% auto #0
-__all__ = ['PPO_PRESETS', 'DataStream', 'ppo_preset', 'PPOTrainer']
+__all__ = ['PPO_PRESETS', 'DataStream', 'ppo_preset', 'PPOTrainer', 'policy_entropy']
 
 # %% ../../nbs/11_ppo.ipynb #ca18eaa7
 class DataStream:
@@ -241,15 +242,43 @@ def _ratio_stats(log_probs: torch.Tensor,     # (B, A) new log-probs
     return {'val/ratio': mean_ratio, 'val/ratio_var': (((ratio - mean_ratio) ** 2) * mask).sum() / n,
             'val/ratio_maxdev': ((ratio - 1).abs() * mask).max()}
 
+# %% ../../nbs/11_ppo.ipynb #82bed1eb
+@torch.no_grad()
+def policy_entropy(logits: torch.Tensor,   # (B, A, V) the logits that predict the response tokens
+                   mask: torch.Tensor,     # (B, A) action mask
+                   temperature: float|None = None, top_k: int|None = None, top_p: float|None = None, # sampling processing
+                   min_new_tokens: int = 0, eos_token_id: int|None = None, # EOS forbidden at the first actions, as `generate`
+                  ) -> torch.Tensor:       # () mean entropy over the actions
+    "Mean entropy of the policy over the response tokens (TRL's policy/entropy_avg), of the processed distribution if asked."
+    z = logits.float()
+    if min_new_tokens: z = z.clone(); z[:, :min_new_tokens, eos_token_id] = float('-inf')
+    z = process_logits(z, top_k, top_p, temperature)                                    # (B, A, V), -inf where filtered
+    logp = z.log_softmax(-1); p = logp.exp()
+    h = -torch.where(p > 0, p * logp, torch.zeros_like(p)).sum(-1)                      # (B, A)
+    return (h * mask).sum() / mask.sum().clamp(min=1)
+
+@contextlib.contextmanager
+def _capture_logits(actor: nn.Module): # an unwrapped Actor
+    "Keep the logits of the forwards of the actor's transformers model inside the block (a forward hook; nothing recomputed)."
+    box = {}
+    base = actor.get_base_model() if hasattr(actor, 'get_base_model') else None
+    h = base.register_forward_hook(lambda m, i, out: box.__setitem__('logits', getattr(out, 'logits', out))) if base is not None else None
+    try: yield box
+    finally:
+        if h is not None: h.remove()
+
+
 # %% ../../nbs/11_ppo.ipynb #70e83ad0
 @patch
 def _training_step(self: PPOTrainer, experience: Experience) -> dict:
     m, A = experience.action_mask, experience.num_actions
     # 1. policy loss on the experience, under the distribution the old log-probs came from (see 06_experience_maker §5.1)
     sk = sampling_kwargs(self.generate_kwargs) if self.experience_maker.use_sampling_logprobs else {}
-    log_probs = self.actor(experience.sequences, A, experience.attention_mask, **sk)           # (B, A)
+    with _capture_logits(_unwrap(self.strategy, self.actor)) as seen:                          # for policy/entropy_avg
+        log_probs = self.actor(experience.sequences, A, experience.attention_mask, **sk)       # (B, A)
     policy_loss, st = self.actor_loss_fn(log_probs, experience.action_log_probs, experience.advantages, m, return_stats=True)
     actor_loss, out = policy_loss, {}
+    if 'logits' in seen: out['policy/entropy_avg'] = policy_entropy(seen['logits'][:, -(A + 1):-1], m, **sk)
     # 2. PTX: the LM loss on the next pre-training batch
     if self.ptx_coef > 0 and self._ptx is not None:
         ptx = self._ptx_loss(self._ptx.next())
@@ -344,7 +373,7 @@ def _learn_and_log(self: PPOTrainer, exp_metrics: list, episode: int, timestep: 
     met.update({k: sum(e[k] for e in exp_metrics) / len(exp_metrics) for k in exp_metrics[0]})
     met.update(self.extra_metrics); self.extra_metrics = {}
     met = self.strategy.all_reduce(met) if self.strategy is not None else met
-    met.update(episode=episode, timestep=timestep)
+    met.update(episode=episode, timestep=timestep, lr=self.actor_optim.param_groups[0]['lr'])   # TRL's `lr`: the actor's
     self.update_step += 1; self.global_step = self.update_step
     self.logger.log(met, self.update_step, self.stage)
     self._call('on_step_end', self.update_step, met)
@@ -360,6 +389,8 @@ def fit(self: PPOTrainer,
         max_timesteps: int = 10,    # rollouts per episode
         update_timesteps: int = 10, # learn every this many rollouts
         resume: bool = False,       # continue from the newest checkpoint in ckpt_dir
+        log_dir=None,               # also write TensorBoard event files here (08a §1.1)
+        use_wandb: bool = False,    # also log to wandb (later ColossalChat's fit(..., log_dir, use_wandb))
        ) -> list[dict]:
     "Run PPO; returns the metrics history (one record per update)."
     _check_positive(num_episodes=num_episodes, max_timesteps=max_timesteps, update_timesteps=update_timesteps)
@@ -369,7 +400,7 @@ def fit(self: PPOTrainer,
     self._ptx = DataStream(pretrain_dataloader, self.ptx_stream) if pretrain_dataloader is not None and self.ptx_coef > 0 else None
     start_ep, start_t = self._resume() if resume else (0, 0)
     if resume and self.metrics_path and is_rank_0(): truncate_metrics(self.metrics_path, self.update_step)
-    self.logger = MetricsLogger(self.metrics_path, resume=resume)
+    self.logger = MetricsLogger(self.metrics_path, resume=resume); sinks = self.open_sinks(log_dir, use_wandb)
     from tqdm.auto import tqdm
     bar = tqdm(total=num_episodes * max_timesteps, initial=start_ep * max_timesteps + start_t, desc='PPO',
                disable=not is_rank_0(), dynamic_ncols=True)
@@ -389,4 +420,5 @@ def fit(self: PPOTrainer,
     if self.ckpt_dir is not None and not (self.save_interval and self.update_step % self.save_interval == 0):
         self._checkpoint(episode, timestep)
     self._call('on_fit_end')
+    if sinks: self.logger.close_sinks()
     return self.logger.records
