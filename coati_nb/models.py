@@ -138,7 +138,8 @@ def load_transformer(family: str,                  # a registered family, e.g. '
             raise FileNotFoundError(f"pretrained={str(pretrained)!r} is not a local folder: models are loaded from a "
                                     "folder written by save_pretrained, never downloaded")
         if not (path / 'config.json').is_file():
-            raise FileNotFoundError(f"pretrained folder {str(path)!r} has no config.json")
+            hint = " (it is a PEFT adapter folder: its base model is in the base_model/ subfolder)" if (path / 'adapter_config.json').is_file() else ''
+            raise FileNotFoundError(f"pretrained folder {str(path)!r} has no config.json{hint}")
         model_type = json.loads((path / 'config.json').read_text()).get('model_type')
         if model_type != fam.config_cls.model_type:
             raise ValueError(f"pretrained folder {str(path)!r} holds a {model_type!r} model, "
@@ -607,7 +608,7 @@ def family_class(family: str, # a registered family, e.g. 'bloom'
                  checkpoint: bool = False,         # gradient checkpointing
                  lora_rank: int = 0,               # LoRA rank, 0 = no LoRA
                  lora_train_bias: str = 'none',    # 'none', 'all' or 'lora_only'
-                 **kwargs):                        # role options: use_action_mask (critic), pooling (rm), position_ids_from_mask
+                 **kwargs):                        # role options: use_action_mask (critic), pooling (rm), value_head_bias, position_ids_from_mask
         _check_lora_args(lora_rank, lora_train_bias)
         adapter = pretrained is not None and (Path(pretrained) / 'adapter_config.json').is_file()   # merge_lora_weights=False
         model = load_transformer(fam.name, kind, Path(pretrained) / BASE_MODEL_DIR if adapter else pretrained, config, checkpoint)
