@@ -15,7 +15,8 @@ from fastcore.basics import patch
 # %% auto #0
 __all__ = ['rope_theta', 'RMSNorm', 'RotaryEmbedding', 'rotate_half', 'apply_rotary', 'SwiGLU', 'causal_mask', 'KVCache',
            'repeat_kv', 'Attention', 'DecoderLayer', 'LlamaOutput', 'TinyLlama', 'hf_key_to_ours', 'from_hf',
-           'llama_param_counts']
+           'llama_param_counts', 'llama_intermediate_size', 'shard_tensor', 'model_parallel_dim', 'shard_state_dict',
+           'merge_state_dicts']
 
 # %% ../nbs/03a_llama.ipynb #f222796e
 def rope_theta(config) -> float:
@@ -356,3 +357,81 @@ def llama_param_counts(config,   # a transformers LlamaConfig
               'lm_head': 0 if config.tie_word_embeddings else V * C}
     counts['total'] = counts['embedding'] + counts['layers (all)'] + C + counts['lm_head']
     return counts
+
+# %% ../nbs/03a_llama.ipynb #c58e6ef0
+def llama_intermediate_size(dim: int,                 # model width C (`dim` in params.json, `hidden_size` in transformers)
+                            multiple_of: int = 256,   # round the width up to a multiple of this (`multiple_of`)
+                            ffn_dim_multiplier: float|None = None,  # optional scale of the 2/3 * 4C width
+                           ) -> int:
+    "SwiGLU width as Meta's FeedForward computes it: int(2 * 4C / 3), scaled, rounded up to `multiple_of`."
+    for name, v in (('dim', dim), ('multiple_of', multiple_of)):
+        if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+            raise ValueError(f"llama_intermediate_size: {name} must be a positive integer, got {v!r}")
+    if ffn_dim_multiplier is not None and not ffn_dim_multiplier > 0:
+        raise ValueError(f"llama_intermediate_size: ffn_dim_multiplier must be positive or None, got {ffn_dim_multiplier!r}")
+    hidden = int(2 * (4 * dim) / 3)                                    # 2/3 of the classic 4C, truncated
+    if ffn_dim_multiplier is not None: hidden = int(ffn_dim_multiplier * hidden)
+    return multiple_of * ((hidden + multiple_of - 1) // multiple_of)   # = multiple_of * ceil(hidden / multiple_of)
+
+# %% ../nbs/03a_llama.ipynb #5870d35e
+def shard_tensor(t: torch.Tensor,     # a full weight or bias
+                 world_size: int,     # n, the model-parallel size
+                 dim: int|None,       # 0 = column-parallel (output features), 1 = row-parallel (input features), None = replicated
+                 name: str = 'tensor',# named in error messages
+                ) -> list[torch.Tensor]:
+    "Split `t` into `world_size` equal slices along `dim`, one per rank (a full copy each when `dim` is None)."
+    if not isinstance(world_size, int) or world_size < 1:
+        raise ValueError(f"{name}: world_size must be a positive integer, got {world_size!r}")
+    if dim is None: return [t.detach().clone() for _ in range(world_size)]
+    if t.shape[dim] % world_size:
+        raise ValueError(f"{name}: size {t.shape[dim]} of dim {dim} is not divisible by world_size={world_size}")
+    return [s.detach().clone() for s in t.chunk(world_size, dim=dim)]
+
+# %% ../nbs/03a_llama.ipynb #ce0d6d78
+_MODEL_PARALLEL_DIM = [  # (regex on a Meta-named state_dict key, split dim), from the fairscale layer in Meta's model.py
+    (r'(^|\.)tok_embeddings\.weight$', 1),                # ParallelEmbedding: splits the embedding dim
+    (r'(^|\.)attention\.w[qkv]\.(weight|bias)$', 0),      # ColumnParallelLinear(gather_output=False): by heads
+    (r'(^|\.)attention\.wo\.weight$', 1),                 # RowParallelLinear(input_is_parallel=True)
+    (r'(^|\.)feed_forward\.w[13]\.(weight|bias)$', 0),    # ColumnParallelLinear(gather_output=False)
+    (r'(^|\.)feed_forward\.w2\.weight$', 1),              # RowParallelLinear(input_is_parallel=True)
+    (r'(^|\.)output\.weight$', 0),                        # ColumnParallelLinear over the vocabulary
+    (r'(^|\.)(attention\.wo|feed_forward\.w2)\.bias$', None),   # row-parallel bias: added once, after the all-reduce
+    (r'(^|\.)(attention_norm|ffn_norm|norm)\.weight$', None),   # norms: replicated on every rank
+    (r'(^|\.)rope\.freqs$', None),                        # LLaMA-1 checkpoints also store the RoPE frequencies
+]
+
+def model_parallel_dim(key: str) -> int|None:
+    "Dim along which Meta's model-parallel checkpoints split weight `key`: 0, 1, or None (replicated)."
+    for pattern, dim in _MODEL_PARALLEL_DIM:
+        if re.search(pattern, key): return dim
+    raise KeyError(f"no model-parallel rule for weight {key!r} (Meta's names expected, e.g. layers.0.attention.wq.weight)")
+
+# %% ../nbs/03a_llama.ipynb #672b9a57
+def shard_state_dict(sd: dict,          # a full state_dict with Meta's key names (this chapter's TinyLlama)
+                     world_size: int,   # n, the model-parallel size
+                    ) -> list[dict]:
+    "Split a state_dict into one state_dict per rank, as in Meta's consolidated.XX.pth files."
+    shards = [{} for _ in range(world_size)]
+    for k, v in sd.items():
+        for rank, part in enumerate(shard_tensor(v, world_size, model_parallel_dim(k), k)): shards[rank][k] = part
+    return shards
+
+# %% ../nbs/03a_llama.ipynb #6229a36c
+def merge_state_dicts(shards: list[dict],   # per-rank state_dicts, rank order (consolidated.00.pth, .01, ...)
+                     ) -> dict:
+    "One full state_dict from per-rank shards: column-parallel weights joined on dim 0, row-parallel on dim 1."
+    if not shards: raise ValueError("merge_state_dicts: no shards given")
+    keys = list(shards[0])
+    for rank, sd in enumerate(shards[1:], 1):
+        if set(sd) != set(keys):
+            raise KeyError(f"shard {rank} and shard 0 differ in keys: {sorted(set(sd) ^ set(keys))[:5]}")
+    merged = {}
+    for k in keys:
+        dim, parts = model_parallel_dim(k), [sd[k] for sd in shards]
+        if dim is None:
+            for rank, p in enumerate(parts[1:], 1):
+                if not torch.equal(p, parts[0]):
+                    raise ValueError(f"{k}: replicated weight differs between shard 0 and shard {rank}")
+            merged[k] = parts[0]
+        else: merged[k] = torch.cat(parts, dim=dim)
+    return merged
