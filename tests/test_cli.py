@@ -159,3 +159,88 @@ def test_supervised_scripts_resume_after_sigkill(script, tmp_path):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     bad = subprocess.run([str(BIN/f'coati_nb_train_{script}'), '--resume', *TINY], capture_output=True, text=True, env=ENV)
     assert bad.returncode == 2 and bad.stderr.strip().endswith('--resume needs --ckpt_dir (where the epoch checkpoints are)'), bad.stderr
+
+
+# --- issue 12: ColossalChat's remaining flags, TensorBoard and wandb (15_cli, 08a §1.1) ---------------------------------
+
+def _tb_scalars(log_dir):
+    "tag -> [(step, value)] of every TensorBoard event file under `log_dir` (one run folder)."
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    runs = {p.parent for p in Path(log_dir).rglob('events.out.tfevents.*')}
+    assert len(runs) == 1, runs
+    ea = EventAccumulator(str(runs.pop())); ea.Reload()
+    return {t: [(e.step, e.value) for e in ea.Scalars(t)] for t in ea.Tags()['scalars']}
+
+
+def _wandb_rows(wandb_dir):
+    from coati_nb.trainer.base import _wandb_history
+    runs = list(Path(wandb_dir).glob('wandb/offline-run-*/run-*.wandb'))
+    assert len(runs) == 1, runs
+    return _wandb_history(runs[0])
+
+
+def _same_as_metrics(recs, tb, stage, keys, wandb_rows=None):
+    "Every key's TensorBoard (and wandb) series equals metrics.jsonl's, step by step."
+    for k in keys:
+        want = [(r['step'], r[k]) for r in recs if k in r]
+        assert want, k
+        assert [s for s, _ in tb[f'{stage}/{k}']] == [s for s, _ in want], k
+        assert [v for _, v in tb[f'{stage}/{k}']] == pytest.approx([v for _, v in want], rel=1e-6, abs=1e-7), k
+        if wandb_rows is not None:
+            got = [(r['_step'], r[k]) for r in wandb_rows if k in r]
+            assert [s for s, _ in got] == [s for s, _ in want], k
+            assert [v for _, v in got] == pytest.approx([v for _, v in want], rel=1e-6, abs=1e-7), k
+
+
+@pytest.fixture
+def offline_wandb(tmp_path):
+    "WANDB_MODE=offline in a temporary WANDB_DIR: no network, the run's files land in the test's folder."
+    env = {**ENV, 'WANDB_MODE': 'offline', 'WANDB_DIR': str(tmp_path/'wb'), 'WANDB_SILENT': 'true'}
+    (tmp_path/'wb').mkdir()
+    return env
+
+
+def test_sft_test_flag_log_dir_and_wandb(tmp_path, offline_wandb):
+    "train_sft --test True: the first 100 rows; --log_dir / --use_wandb hold exactly metrics.jsonl's numbers."
+    out = tmp_path/'sft'
+    proc = subprocess.run([str(BIN/'coati_nb_train_sft'), '--save_path', str(out), '--test', 'True', '--accumulation_steps', '2',
+                           '--log_dir', str(tmp_path/'logs'), '--use_wandb', '--lr', '1e-3', *TINY],
+                          capture_output=True, text=True, timeout=600, env=offline_wandb)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    recs = _metrics(out/'metrics.jsonl')
+    assert [r['step'] for r in recs] == list(range(1, 8))          # 100 rows / batch 8 = 13 batches; groups of 2 -> 7 updates
+    assert list((tmp_path/'logs').iterdir()) == [tmp_path/'logs'/'sft']   # LOG_DIR/<stage>/<time>
+    _same_as_metrics(recs, _tb_scalars(tmp_path/'logs'), 'sft', ('loss', 'lr', 'epoch'), _wandb_rows(tmp_path/'wb'))
+
+
+def test_ppo_trl_names_in_tensorboard_and_wandb(stages, tmp_path, offline_wandb):
+    "train_prompts --log_dir --use_wandb --max_seq_len: TRL's names, the same numbers in all three logs."
+    args = [a for a in _ppo_args(stages, tmp_path/'ppo') if a not in ('--max_new_tokens', '6')]
+    proc = subprocess.run([str(a) for a in [BIN/'coati_nb_train_prompts', *args, '--max_input_len', '96', '--max_seq_len', '102',
+                                            '--log_dir', tmp_path/'logs', '--use_wandb']],
+                          capture_output=True, text=True, timeout=600, env=offline_wandb)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    recs = _metrics(tmp_path/'ppo'/'metrics.jsonl')
+    assert len(recs) == 2 and all(r['tokens/responses_len_mean'] <= 6 for r in recs)   # 102 − 96 = 6 new tokens at most
+    keys = ('policy/entropy_avg', 'val/ratio_var', 'lr', 'objective/kl', 'objective/entropy', 'loss/policy_avg', 'episode')
+    _same_as_metrics(recs, _tb_scalars(tmp_path/'logs'), 'ppo', keys, _wandb_rows(tmp_path/'wb'))
+    assert all(r['lr'] == 1e-5 and r['policy/entropy_avg'] > 0 for r in recs)
+
+
+def test_merge_lora_weights_false_writes_a_peft_adapter(tmp_path):
+    "--lora_rank 4 --merge_lora_weights False: a PEFT adapter folder; the default merges (no adapter)."
+    common = ['--max_datasets_size', '16', '--lora_rank', '4', '--lr', '1e-3', *TINY]
+    _run([BIN/'coati_nb_train_sft', '--save_path', tmp_path/'adapter', '--merge_lora_weights', 'False', *common])
+    _run([BIN/'coati_nb_train_sft', '--save_path', tmp_path/'merged', *common])
+    assert (tmp_path/'adapter'/'adapter_config.json').is_file()
+    assert not (tmp_path/'merged'/'adapter_config.json').exists() and (tmp_path/'merged'/'model.safetensors').is_file()
+
+
+@pytest.mark.parametrize('argv, message', [
+    (['--max_new_tokens', '6', '--max_seq_len', '128'], '--max_new_tokens 6 and --max_seq_len 128 disagree'),
+    (['--max_seq_len', '64'], '--max_seq_len 64 must be larger than --max_input_len 96'),
+])
+def test_conflicting_lengths_are_one_line(argv, message, tmp_path):
+    proc = subprocess.run([str(BIN/'coati_nb_train_prompts'), '--save_path', str(tmp_path/'x'), *argv],
+                          capture_output=True, text=True, timeout=300, env=ENV)
+    assert proc.returncode == 2 and message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
