@@ -118,6 +118,12 @@ def check_adapter(spec, ref, tol):
     return f"PeftModel over {type(base).__name__}, max diff " + ', '.join(_logits_check(model, tok, spec, ref, tol))
 
 
+def _where(e: Exception) -> str:
+    "The line of this script an exception came through, e.g. 'check_tokenizer, _hf_check.py:64'."
+    mine = [f for f in traceback.extract_tb(e.__traceback__) if f.filename == __file__]
+    return f"{mine[-1].name}, _hf_check.py:{mine[-1].lineno}" if mine else 'outside the checks'
+
+
 CHECKS = {'tokenizers': check_tokenizer, 'causal_lms': check_causal_lm, 'chats': check_chat,
           'reward_models': check_reward_model, 'adapters': check_adapter}
 
@@ -130,7 +136,7 @@ def main(spec_path, result_path):
         for item in spec.get(kind, []):
             try: ok, detail = True, check(item, ref, tol)
             except AssertionError as e: ok, detail = False, str(e)
-            except Exception as e: ok, detail = False, f"{type(e).__name__}: {e}\n" + traceback.format_exc(limit=-3)
+            except Exception as e: ok, detail = False, f"{type(e).__name__}: {e} ({_where(e)})"
             checks.append({'kind': kind, 'name': item['name'], 'ok': ok, 'detail': detail})
     try: import coati_nb  # noqa: F401
     except ModuleNotFoundError: importable = False

@@ -2,7 +2,9 @@
 coati_nb's numbers (issue 12, item 2): in a fresh venv with transformers 4.51.3 (colossalai 0.5.0's pin) and in the
 current venv (transformers 5.x), each a parameter, so a failure names the version.
 
-In this venv the console scripts make a tiny run (SFT, SFT with LoRA — merged, and as a PEFT adapter —, RM); coati_nb
+In this venv the console scripts make a tiny run (SFT; SFT with LoRA, merged and as a PEFT adapter with
+`--merge_lora_weights False`; the default RM, whose biased head transformers cannot hold; an RM with a bias-free head,
+`value_head_bias=False`, which it holds exactly); coati_nb
 computes reference numbers on fixed inputs (causal-LM logits and RM scores, with left and right padding; the prompt
 text the trainers build with coati_nb.prompts) and writes them to reference.json (+ reference.safetensors for the
 tensors). tests/_hf_check.py then loads every folder with AutoTokenizer / AutoModelForCausalLM /
@@ -10,6 +12,7 @@ AutoModelForSequenceClassification / PeftModel (coati_nb blocked at import) and 
 must give the trainers' prompt text. A reward-model folder may instead refuse to load (loudly), never score at random.
 Slow: the 4.51.3 venv is installed from the package index (a few minutes)."""
 import json, os, sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest, torch
@@ -31,18 +34,35 @@ def _cli(script, *args):
     return run(BIN/script, *args, env=ENV, timeout=900)
 
 
-def _has_flag(script, flag) -> bool:
-    return flag in _cli(script, '--help').stdout
+def _lm_adapter(d: Path, name: str) -> str:
+    "An SFT model with LoRA written as a PEFT adapter (adapter files + base_model/), by the CLI."
+    _cli('coati_nb_train_sft', '--save_path', d/name, '--lora_rank', '4', '--merge_lora_weights', 'False', '--lr', '1e-3', *TINY)
+    return 'coati_nb_train_sft --lora_rank 4 --merge_lora_weights False'
+
+
+def _exact_rm(d: Path, name: str) -> str:
+    "A reward model transformers scores exactly (a value head without bias), trained by the CLI from a folder holding it."
+    from coati_nb.models import family_class
+    from coati_nb.pipeline import _save_hf
+    from coati_nb.tokenizer import load_tokenizer
+    start = family_class('llama', 'rm')(pretrained=d/'sft', value_head_bias=False)
+    _save_hf(start, load_tokenizer(d/'sft'), d/f'{name}_start')
+    _cli('coati_nb_train_rm', '--pretrain', d/f'{name}_start', '--save_path', d/name, '--lr', '1e-4', *TINY)
+    return 'coati_nb_train_rm --pretrain (a bias-free head: value_head_bias=False)'
 
 
 @pytest.fixture(scope='module')
-def tiny_run(tmp_path_factory) -> Path:
-    "The folders of a tiny run, written by the console scripts."
+def tiny_run(tmp_path_factory) -> tuple[Path, dict]:
+    "The folders of a tiny run, written by the console scripts; and {folder: why it could not be made} for the new formats."
     d = tmp_path_factory.mktemp('run')
     _cli('coati_nb_train_sft', '--save_path', d/'sft', '--lr', '1e-3', *TINY)
     _cli('coati_nb_train_sft', '--save_path', d/'sft_lora', '--lora_rank', '4', '--lr', '1e-3', *TINY)
     _cli('coati_nb_train_rm', '--pretrain', d/'sft', '--save_path', d/'rm', '--lr', '1e-4', *TINY)
-    return d
+    missing = {}
+    for name, make in (('sft_adapter', _lm_adapter), ('rm_exact', _exact_rm)):
+        try: print(f'{name}: {make(d, name)}')
+        except Exception as e: missing[name] = f'{type(e).__name__}: {e}'
+    return d, missing
 
 
 def _texts() -> tuple[list[dict], list[str]]:
@@ -97,7 +117,8 @@ def reference(tiny_run) -> Path:
     "coati_nb's numbers for every folder of the run, and what tests/_hf_check.py must reproduce from them."
     from coati_nb.models import family_class
     from coati_nb.tokenizer import load_tokenizer
-    d, ref = tiny_run, _Reference(tiny_run)
+    (d, missing), ref = tiny_run, _Reference(tiny_run[0])
+    ref.spec['missing'] = missing
     rows, texts = _texts()
     lm_cls, rm_cls = family_class('llama', 'lm'), family_class('llama', 'rm')
     for name in ('sft', 'sft_lora'):                     # plain SFT, and SFT with LoRA merged at save time
@@ -110,34 +131,50 @@ def reference(tiny_run) -> Path:
     ref.add('tokenizers', name='sft', folder=str(d/'sft'), texts=words, ids=[tok(t)['input_ids'] for t in words])
     sides = ref.sides(rm_cls(pretrained=d/'rm').eval(), load_tokenizer(d/'rm'), texts, 'rm')
     ref.add('reward_models', name='rm', folder=str(d/'rm'), texts=texts, sides=sides, expect='exact_or_refused')
+    if 'rm_exact' not in missing:
+        sides = ref.sides(rm_cls(pretrained=d/'rm_exact').eval(), load_tokenizer(d/'rm_exact'), texts, 'rm_exact')
+        ref.add('reward_models', name='rm_exact', folder=str(d/'rm_exact'), texts=texts, sides=sides, expect='exact')
+    if 'sft_adapter' not in missing:                     # coati_nb reads the adapter folder back (base_model/ + LoRA)
+        a = d/'sft_adapter'
+        base = json.loads((a/'adapter_config.json').read_text())['base_model_name_or_path']
+        sides = ref.sides(lm_cls(pretrained=a).eval(), load_tokenizer(a), texts, 'sft_adapter')
+        ref.add('adapters', name='sft_adapter', folder=str(a), base=str(a/base), texts=texts, sides=sides)
     return ref.write()
 
 
-@pytest.fixture(scope='module')
-def venv_4(tmp_path_factory) -> Path:
-    "A fresh venv with transformers 4.51.3 and peft, and no coati_nb; `pip check` is clean."
-    where = tmp_path_factory.mktemp('venv_4')
+def _venv_4(where: Path) -> Path:
     venv = make_venv(where, *TRANSFORMERS_4, env={**os.environ, 'PIP_CACHE_DIR': str(where/'pip-cache')})
     run(venv/'bin'/'python', '-m', 'pip', 'check')
     return venv/'bin'/'python'
 
 
+@pytest.fixture(scope='module')
+def venv_4(tmp_path_factory):
+    "A fresh venv with transformers 4.51.3 and peft, no coati_nb, `pip check` clean: a future of its python, built while the CLIs train."
+    with ThreadPoolExecutor(1) as pool: yield pool.submit(_venv_4, tmp_path_factory.mktemp('venv_4'))
+
+
 @pytest.fixture(scope='module', params=['4.51.3', 'current'], ids=lambda v: f'transformers-{v}')
-def loaded(request, reference, tmp_path_factory) -> dict:
+def loaded(request, tmp_path_factory) -> dict:
     "tests/_hf_check.py's results in one venv: the 4.51.3 one, or this one (coati_nb blocked at import)."
-    python = request.getfixturevalue('venv_4') if request.param != 'current' else Path(sys.executable)
+    venv = request.getfixturevalue('venv_4') if request.param != 'current' else None    # pip starts now ...
+    reference = request.getfixturevalue('reference')                                     # ... while the run trains
+    python = venv.result() if venv is not None else Path(sys.executable)
     where = tmp_path_factory.mktemp('check')
     env = {k: v for k, v in ENV.items() if not k.startswith('PYTHON')}
     env.update(HF_HUB_OFFLINE='1', TRANSFORMERS_OFFLINE='1', HF_HOME=str(where/'hf'), PYTHONWARNINGS='ignore')
     run(python, '-I', CHECKER, reference, where/'result.json', env=env, cwd=where, timeout=900)
     result = json.loads((where/'result.json').read_text())
     if request.param != 'current': assert result['versions']['transformers'] == request.param, result['versions']
+    result['missing'] = json.loads(Path(reference).read_text())['missing']
+    for c in result['checks']: print(f"{c['kind']} {c['name']}: {'ok' if c['ok'] else 'FAILED'}, {c['detail'].splitlines()[0]}")
     return result
 
 
-def _checks(loaded: dict, kind: str) -> list[dict]:
-    found = [c for c in loaded['checks'] if c['kind'] == kind]
-    assert found, f"no {kind} were checked"
+def _checks(loaded: dict, kind: str, name: str|None = None) -> list[dict]:
+    "The checks of one kind (and folder); every one must have passed."
+    found = [c for c in loaded['checks'] if c['kind'] == kind and name in (None, c['name'])]
+    assert found, f"no {kind} {name or ''} were checked"
     bad = [f"{c['name']}: {c['detail']}" for c in found if not c['ok']]
     assert not bad, f"transformers {loaded['versions']['transformers']}, peft {loaded['versions']['peft']}:\n" + '\n'.join(bad)
     return found
@@ -160,4 +197,20 @@ def test_chat_template_reproduces_the_training_prompt(loaded):
 
 
 def test_reward_model_scores_exactly_or_refuses(loaded):
-    _checks(loaded, 'reward_models')
+    "The CLI's default reward model (ColossalChat's head, with a bias): the same scores, or loading fails; never random scores."
+    _checks(loaded, 'reward_models', 'rm')
+
+
+def _made(loaded: dict, name: str):
+    why = loaded['missing'].get(name)
+    assert why is None, f"coati_nb did not write {name}: {why}"
+
+
+def test_exact_reward_model_gives_coati_nbs_scores(loaded):
+    _made(loaded, 'rm_exact')
+    _checks(loaded, 'reward_models', 'rm_exact')
+
+
+def test_peft_adapter_gives_coati_nbs_logits(loaded):
+    _made(loaded, 'sft_adapter')
+    _checks(loaded, 'adapters')
