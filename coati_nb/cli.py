@@ -53,21 +53,6 @@ def _bool(s: str) -> bool:
     if s.lower() in ('0', 'false', 'no', 'n'): return False
     raise argparse.ArgumentTypeError(f"expected True or False, got {s!r}")
 
-# %% ../nbs/15_cli.ipynb #5d6fdee3
-def _log_dir(a, stage: str) -> Path|None:
-    "TensorBoard folder of this run, LOG_DIR/<stage>/<time> as later ColossalChat; None without --log_dir."
-    return Path(a.log_dir)/stage/time.strftime('%Y-%m-%d_%H-%M-%S') if getattr(a, 'log_dir', None) else None
-
-def _check_loggers(a) -> None:
-    "--log_dir needs tensorboard and --use_wandb needs wandb: say so before anything loads."
-    if getattr(a, 'log_dir', None) and importlib.util.find_spec('tensorboard') is None:
-        raise SystemExit(f"error: --log_dir {a.log_dir} writes TensorBoard event files and needs the tensorboard package: "
-                         "pip install tensorboard  (or coati_nb[tensorboard])")
-    if getattr(a, 'use_wandb', False) and importlib.util.find_spec('wandb') is None:
-        raise SystemExit("error: --use_wandb needs the wandb package: pip install wandb  (or coati_nb[wandb]); "
-                         "WANDB_MODE=offline logs without a network")
-
-
 # %% ../nbs/15_cli.ipynb #0e25a60f
 def _common(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     "Flags every training script shares (ColossalChat's names)."
@@ -155,6 +140,21 @@ def _save(strategy, model, tokenizer, a, optim=None):
         if a.need_optim_ckpt and optim is not None: strategy.save_optimizer(optim, Path(a.save_path)/'optimizer.pt', only_rank0=True)
     strategy.barrier()
     if strategy.is_rank_0(): print(f"saved to {a.save_path}")
+
+# %% ../nbs/15_cli.ipynb #5d6fdee3
+def _log_dir(a, stage: str) -> Path|None:
+    "TensorBoard folder of this run, LOG_DIR/<stage>/<time> as later ColossalChat; None without --log_dir."
+    return Path(a.log_dir)/stage/time.strftime('%Y-%m-%d_%H-%M-%S') if getattr(a, 'log_dir', None) else None
+
+def _check_loggers(a) -> None:
+    "--log_dir needs tensorboard and --use_wandb needs wandb: say so before anything loads."
+    if getattr(a, 'log_dir', None) and importlib.util.find_spec('tensorboard') is None:
+        raise SystemExit(f"error: --log_dir {a.log_dir} writes TensorBoard event files and needs the tensorboard package: "
+                         "pip install tensorboard  (or coati_nb[tensorboard])")
+    if getattr(a, 'use_wandb', False) and importlib.util.find_spec('wandb') is None:
+        raise SystemExit("error: --use_wandb needs the wandb package: pip install wandb  (or coati_nb[wandb]); "
+                         "WANDB_MODE=offline logs without a network")
+
 
 # %% ../nbs/15_cli.ipynb #b122da63
 def _check_strategy(a, prog: str) -> None:
