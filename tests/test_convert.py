@@ -80,7 +80,10 @@ def test_round_trips(family, tmp_path, x):
                        allow_missing=['value_head.*'], verbose=False)
     rm = family_class(family, 'rm')(pretrained=tmp_path / 'rm').eval()
     with torch.no_grad(): assert torch.equal(rm.model(x).last_hidden_state, hidden)
-    convert_checkpoint(tmp_path / 'rm', tmp_path / 'critic.pt', to='critic', verbose=False)
+    r = convert_checkpoint(tmp_path / 'rm', tmp_path / 'critic.pt', to='critic', verbose=False)
+    # 03's RM folder (XForSequenceClassification + value_head.safetensors); for llama / opt its keys equal an RM's
+    assert r.source_layout == ('seq_cls' if fam.causal_lm_cls.base_model_prefix == 'transformer' else 'rm') + ' (detected)'
+    assert not r.notes[:-1] and not r.missing + r.unexpected
     convert_checkpoint(tmp_path / 'critic.pt', tmp_path / 'critic', to='critic', config=tmp_path / 'rm', verbose=False)
     critic = family_class(family, 'critic')(pretrained=tmp_path / 'critic').eval()
     with torch.no_grad(): assert torch.equal(critic.model(x).last_hidden_state, hidden)
