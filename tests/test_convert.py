@@ -190,3 +190,13 @@ def test_colossalchat_critic_with_lora_value_head(tmp_path, x):
         want = ref.value_head(ref.model(x).last_hidden_state)
         got = ours.value_head(ours.model(x).last_hidden_state)
     _close(got, want, 1e-5)
+
+
+def test_dtype_kept(bloom_pt, x):
+    "A bf16 checkpoint stays bf16 in every format (the HF folder is not silently widened to fp32)."
+    d, actor = bloom_pt
+    torch.save({k: v.to(torch.bfloat16) for k, v in actor.state_dict().items()}, d / 'bf16.pt')
+    convert_checkpoint(d / 'bf16.pt', d / 'hf', config=d / 'cfg', verbose=False)
+    convert_checkpoint(d / 'hf', d / 'lm.safetensors', verbose=False)
+    assert {v.dtype for v in load_file(d / 'hf' / 'model.safetensors').values()} == {torch.bfloat16}
+    assert {v.dtype for v in load_file(d / 'lm.safetensors').values()} == {torch.bfloat16}
