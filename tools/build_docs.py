@@ -99,6 +99,8 @@ def execute(path: Path, timeout: int = 1200, cuda: bool | None = None):
     if cuda is None:
         try: import torch; cuda = torch.cuda.is_available()
         except ImportError: cuda = False
+    for k in ('HF_HUB_OFFLINE', 'HF_DATASETS_OFFLINE', 'TRANSFORMERS_OFFLINE'):   # the kernel inherits these: no hub
+        os.environ.setdefault(k, '1')
     nb = nbformat.read(path, as_version=4)
     skipped = {}
     for i, cell in enumerate(nb.cells):
@@ -113,7 +115,8 @@ def execute(path: Path, timeout: int = 1200, cuda: bool | None = None):
         i = where.get('i')
         cell = nb.cells[i] if i is not None else None
         first = next((l for l in (cell.source if cell else '').splitlines() if l.strip() and not l.startswith('#|')), '')
-        what = (getattr(e, 'ename', '') + ': ' + getattr(e, 'evalue', '')).strip(': ') or str(e).strip().splitlines()[-1]
+        what = (getattr(e, 'ename', '') + ': ' + getattr(e, 'evalue', '')).strip(': ') or \
+               (str(e).strip().splitlines() or [type(e).__name__])[-1]
         raise DocsError(f"{_rel(path)}: cell {i} (id {cell.get('id', '?') if cell else '?'}, `{first.strip()[:60]}`) "
                         f"failed: {what}") from None
     for i, src in skipped.items():
@@ -155,13 +158,23 @@ def page(title: str, body: str, nav: str = '') -> str:
             f'<link rel="stylesheet" href="style.css">\n{MATHJAX}\n</head><body>\n{nav}\n<main>\n{body}\n</main>\n{nav}\n</body></html>\n')
 
 
+def _lean_code(body: str) -> str:
+    "Drop pygments' spans whose class the stylesheet does not colour (names, punctuation, spaces): a third of a page."
+    from pygments.formatters import HtmlFormatter
+    css = HtmlFormatter(style='default').get_style_defs('.highlight')
+    keep = set(re.findall(r'^\.highlight \.(\w+) \{', css, re.M)) - {'w'}
+    span = re.compile(r'<span class="(\w+)">([^<]*)</span>')
+    def lean(block): return span.sub(lambda m: m.group(0) if m.group(1) in keep else m.group(2), block.group(0))
+    return re.sub(r'<div class="highlight[^"]*"><pre>.*?</pre>', lean, body, flags=re.S)
+
+
 def render(nb, path: Path, all_nbs: list[Path]) -> str:
     "One executed notebook as a standalone page (lean `basic` template; output images embedded as data URIs)."
     from nbconvert import HTMLExporter
     exp = HTMLExporter(template_name='basic', exclude_input_prompt=True, exclude_output_prompt=True, embed_images=True)
     body, _ = exp.from_notebook_node(for_reading(nb), resources={'metadata': {'path': str(path.parent)}})
     title, _ = title_and_summary(nb)
-    return page(title or path.stem, body, _nav(path, all_nbs))
+    return page(title or path.stem, _lean_code(body), _nav(path, all_nbs))
 
 
 def stylesheet() -> str:
