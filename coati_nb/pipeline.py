@@ -17,7 +17,7 @@ from .dataset import (DataCollatorForPreferenceDataset, DataCollatorForPromptDat
                               DataCollatorForSupervisedDataset, PromptDataset, RmStaticDataset, SupervisedDataset, read_rows)
 from .models import family_class, tiny_config
 from .strategies import NaiveStrategy
-from .tokenizer import load_tokenizer
+from .tokenizer import load_tokenizer, save_tokenizer
 from .prompts import format_prompt
 from .rollouts import RolloutRecorder, write_rollouts_html
 from .toy_task import corrupt_response, gold_reward, gold_reward_terms, solve_instruction, toy_data_path
@@ -154,6 +154,14 @@ def noisy_demonstrations(rows: list[dict],   # toy-task rows {'instruction', 'in
 def _loader(strategy, ds, bs, collate, shuffle=True):
     return strategy.setup_dataloader(ds, bs, shuffle=shuffle, collate_fn=collate)
 
+_MARKERS = ('config.json', 'adapter_config.json')     # a model folder is complete once one of these is in place
+_MODEL_ENTRIES = {'config.json', 'generation_config.json', 'adapter_config.json', 'coati_nb_options.json', 'base_model',
+                  'model.safetensors.index.json'}
+
+def _is_model_entry(f: Path) -> bool:
+    "A file or folder `_save_hf` writes (weights, configs), as opposed to metrics, checkpoints or the user's own files."
+    return f.name in _MODEL_ENTRIES or f.suffix == '.safetensors'
+
 def _save_hf(model, tokenizer, folder: Path,
              merge_lora_weights: bool = True, # False: LoRA layers are written as a PEFT adapter (see 03 `save_pretrained`)
             ):
@@ -165,8 +173,12 @@ def _save_hf(model, tokenizer, folder: Path,
     try:
         if merge_lora_weights: model.save_pretrained(tmp)
         else: model.save_pretrained(tmp, merge_lora_weights=False)
-        tokenizer.save_pretrained(tmp)
-        for f in sorted(tmp.iterdir(), key=lambda f: f.name == 'config.json'):   # config.json last: it marks the folder complete
+        save_tokenizer(tokenizer, tmp)
+        written = {f.name for f in tmp.iterdir()}
+        for f in folder.iterdir():              # a folder switching between merged and adapter layout keeps nothing of the other
+            if f.name not in written and _is_model_entry(f): shutil.rmtree(f) if f.is_dir() else f.unlink()
+        for f in sorted(tmp.iterdir(), key=lambda f: f.name in _MARKERS):   # the marker files last: they mark it complete
+            if f.is_dir() and (folder/f.name).exists(): shutil.rmtree(folder/f.name)
             os.replace(f, folder/f.name)
     finally: shutil.rmtree(tmp, ignore_errors=True)
 
@@ -281,7 +293,7 @@ def run_ppo(cfg: PipelineConfig, tokenizer, out: Path, sft_path: Path, rm_path: 
     strategy = strategy or NaiveStrategy(seed=cfg.seed); set_seed(cfg.seed)
     preset = ppo_preset(cfg.ppo_preset, 'llama')
     ptx_coef = preset['ptx_coef'] if cfg.ptx_coef is None else cfg.ptx_coef
-    save_tokenizer = tokenizer
+    tokenizer_to_save = tokenizer
     if preset['models']['pad_is_eos']:                        # ColossalChat: tokenizer.pad_token = tokenizer.eos_token
         tokenizer = copy.deepcopy(tokenizer); tokenizer.pad_token = tokenizer.eos_token
     Actor, Critic, RM = (family_class('llama', r) for r in ('actor', 'critic', 'rm'))
@@ -308,7 +320,7 @@ def run_ppo(cfg: PipelineConfig, tokenizer, out: Path, sft_path: Path, rm_path: 
     hist = trainer.fit(prompt_dl, ptx_dl, num_episodes=cfg.num_episodes, max_timesteps=cfg.max_timesteps,
                        update_timesteps=cfg.update_timesteps, resume=cfg.resume)
     actor = strategy.unwrap_model(actor)
-    if strategy.is_rank_0(): _save_hf(actor, save_tokenizer, out/name)
+    if strategy.is_rank_0(): _save_hf(actor, tokenizer_to_save, out/name)
     strategy.barrier()
     return out/name, actor, hist
 

@@ -15,7 +15,7 @@ from .utils import atomic_write, bundled_data_path
 
 # %% auto #0
 __all__ = ['SPECIAL_TOKENS', 'DEFAULT_VOCAB_SIZE', 'TOKENIZER_FILES', 'build_bpe', 'read_corpus_texts', 'tokenizer_file_bytes',
-           'load_tokenizer', 'train_tokenizer']
+           'load_tokenizer', 'train_tokenizer', 'save_tokenizer']
 
 # %% ../nbs/05a_tokenizer.ipynb #e07c1446
 SPECIAL_TOKENS: dict[str, str] = {'pad_token': '<pad>', 'bos_token': '<s>', 'eos_token': '</s>', 'unk_token': '<unk>'}
@@ -111,3 +111,17 @@ def train_tokenizer(corpus_paths_or_texts,  # paths (.jsonl with 'text', .txt) a
         with atomic_write(path) as tmp:
             tmp.write_bytes(data); tmp.chmod(0o644)      # a plain readable data file, not mkstemp's 0600
     return load_tokenizer(out)
+
+# %% ../nbs/05a_tokenizer.ipynb #f0d19e8b
+def save_tokenizer(tokenizer,           # a transformers tokenizer, e.g. from `load_tokenizer`
+                   folder: str|Path,    # written (created if needed)
+                  ) -> Path:
+    "`tokenizer.save_pretrained(folder)` with a `tokenizer_class` that transformers 4.4x as well as 5.x can load."
+    folder = Path(folder)
+    tokenizer.save_pretrained(folder)
+    f = folder/'tokenizer_config.json'
+    config = json.loads(f.read_text(encoding='utf-8'))
+    if config.get('tokenizer_class') == 'TokenizersBackend':           # transformers 5's name; 4.x has no such class
+        config['tokenizer_class'] = 'PreTrainedTokenizerFast'
+        f.write_text(json.dumps(config, ensure_ascii=False, indent=2) + '\n', encoding='utf-8')
+    return folder
