@@ -105,13 +105,19 @@ def test_refuses_keys_that_do_not_fit(bloom_pt, capsys):
     with pytest.raises(CheckpointKeyError) as e:
         convert_checkpoint(d / 'actor.pt', d / 'rm', to='rm', config=d / 'cfg')
     msg = str(e.value)
-    assert str(d / 'actor.pt') in msg and 'value_head.weight' in msg and 'missing 2, unexpected 1' in msg
+    assert str(d / 'actor.pt') in msg and 'value_head.weight' in msg and '(missing 2)' in msg
     out = capsys.readouterr().out                                   # the report is printed before the error
-    assert 'missing (2): value_head.weight, value_head.bias' in out and 'unexpected (1): model.lm_head.weight' in out
+    assert 'missing (2): value_head.weight, value_head.bias' in out and 'unexpected (0)' in out
+    assert 'model.lm_head.weight dropped: a tied copy of model.transformer.word_embeddings.weight' in out
     assert not (d / 'rm').exists()
     # allowed by name: written, and the report says what was accepted
-    r = convert_checkpoint(d / 'actor.pt', d / 'rm', to='rm', config=d / 'cfg', allow_missing=['value_head.*', '*lm_head*'])
-    assert sorted(r.allowed) == ['model.lm_head.weight', 'value_head.bias', 'value_head.weight'] and (d / 'rm').is_dir()
+    r = convert_checkpoint(d / 'actor.pt', d / 'rm', to='rm', config=d / 'cfg', allow_missing=['value_head.*'])
+    assert sorted(r.allowed) == ['value_head.bias', 'value_head.weight'] and (d / 'rm').is_dir()
+    # an LM head that is not a copy of the embeddings is a real loss: unexpected
+    sd = actor.state_dict(); sd['model.lm_head.weight'] = sd['model.lm_head.weight'] + 1
+    torch.save(sd, d / 'untied.pt')
+    with pytest.raises(CheckpointKeyError, match=r'untied\.pt: 1 key\(s\) do not fit a bloom base \(unexpected 1\), e\.g\. model\.lm_head\.weight'):
+        convert_checkpoint(d / 'untied.pt', d / 'base.pt', to='base', config=d / 'cfg', verbose=False)
 
 
 def test_missing_and_mismatched_keys_named(bloom_pt):
