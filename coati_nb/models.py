@@ -573,6 +573,17 @@ def _save_merged(self: Actor|ValueModel, save_directory: Path):
         save_file({k: v.detach().cpu().contiguous() for k, v in head.state_dict().items()},
                   str(save_directory / 'value_head.safetensors'))
 
+def _write_rope_theta(config_file: Path):
+    "transformers 5 writes only `rope_parameters`; 4.x reads `rope_theta` / `rope_scaling` and would silently use 10000."
+    if not config_file.is_file(): return
+    cfg = json.loads(config_file.read_text(encoding='utf-8'))
+    rp = cfg.get('rope_parameters')
+    if not isinstance(rp, dict) or 'rope_theta' not in rp or cfg.get('rope_theta') is not None: return
+    cfg['rope_theta'] = rp['rope_theta']
+    if rp.get('rope_type', 'default') != 'default' and cfg.get('rope_scaling') is None:
+        cfg['rope_scaling'] = {k: v for k, v in rp.items() if k != 'rope_theta'}
+    with atomic_write(config_file) as tmp: tmp.write_text(json.dumps(cfg, indent=2, sort_keys=True) + '\n')
+
 @patch
 def save_pretrained(self: Actor|ValueModel, save_directory: str|Path,
                     merge_lora_weights: bool = True, # False: LoRA as a PEFT adapter + base_model/ (10.2); no effect without LoRA
@@ -585,6 +596,7 @@ def save_pretrained(self: Actor|ValueModel, save_directory: str|Path,
     info = {'role': type(self).__name__, 'options': {k: getattr(self, k) for k in _SAVED_OPTIONS if hasattr(self, k)}}
     if isinstance(self, ValueModel): info['transformers_score'] = hf_score_mismatch(self) or 'exact'
     with atomic_write(save_directory / OPTIONS_FILE) as tmp: tmp.write_text(json.dumps(info, indent=1))
+    for f in (save_directory / 'config.json', save_directory / BASE_MODEL_DIR / 'config.json'): _write_rope_theta(f)
 
 
 # %% ../nbs/03_models.ipynb #a59ae65c
