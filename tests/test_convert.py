@@ -206,3 +206,18 @@ def test_dtype_kept(bloom_pt, x):
     convert_checkpoint(d / 'hf', d / 'lm.safetensors', verbose=False)
     assert {v.dtype for v in load_file(d / 'hf' / 'model.safetensors').values()} == {torch.bfloat16}
     assert {v.dtype for v in load_file(d / 'lm.safetensors').values()} == {torch.bfloat16}
+
+
+@pytest.mark.parametrize('family', ['llama', 'bloom'])
+def test_peft_adapter_folder(family, tmp_path, x):
+    "03's save_pretrained(merge_lora_weights=False) (a PEFT adapter + base_model/) merges with the adapter's own alpha."
+    actor = _lora_actor(family, tiny_config(family))
+    actor.save_pretrained(tmp_path / 'peft', merge_lora_weights=False)
+    r = convert_checkpoint(tmp_path / 'peft', tmp_path / 'hf', merge_lora=True, verbose=False)
+    assert any(n.startswith('LoRA merged into') for n in r.notes)
+    with torch.no_grad():
+        _close(get_family(family).causal_lm_cls.from_pretrained(tmp_path / 'hf').eval()(x).logits, actor.model(x).logits)
+    convert_checkpoint(tmp_path / 'peft', tmp_path / 'lora.pt', to='actor', verbose=False)       # LoRA kept
+    a2 = family_class(family, 'actor')(config=tiny_config(family), lora_rank=2).eval()
+    a2.load_state_dict(torch.load(tmp_path / 'lora.pt', weights_only=True), strict=True)
+    with torch.no_grad(): assert torch.equal(a2.model(x).logits, actor.model(x).logits)
