@@ -134,10 +134,12 @@ def _metrics_path(a):
 
 def _save(strategy, model, tokenizer, a, optim=None):
     if not a.save_path: return
-    check_finite_weights(strategy.unwrap_model(model), f"--save_path {a.save_path}")
+    plain = strategy.gathered_model(model)    # every rank calls it: under FSDP it gathers the shards onto rank 0 (None elsewhere)
+    if plain is not None: check_finite_weights(plain, f"--save_path {a.save_path}")
     if strategy.is_rank_0():
-        _save_hf(strategy.unwrap_model(model), tokenizer, Path(a.save_path), merge_lora_weights=a.merge_lora_weights)
-        if a.need_optim_ckpt and optim is not None: strategy.save_optimizer(optim, Path(a.save_path)/'optimizer.pt', only_rank0=True)
+        _save_hf(plain, tokenizer, Path(a.save_path), merge_lora_weights=a.merge_lora_weights)
+    if a.need_optim_ckpt and optim is not None:   # a collective under FSDP too; rank 0 writes
+        strategy.save_optimizer(optim, Path(a.save_path)/'optimizer.pt', only_rank0=True)
     strategy.barrier()
     if strategy.is_rank_0(): print(f"saved to {a.save_path}")
 
@@ -162,7 +164,10 @@ def _check_strategy(a, prog: str) -> None:
     name = getattr(a, 'strategy', 'naive')
     if name.startswith('colossalai') and not torch.cuda.is_available():
         raise ValueError(f"--strategy {name}: ColossalAI's ZeRO / Gemini run only on CUDA GPUs and this machine has none; "
-                         "use --strategy naive (one process) or ddp (under torchrun, CPU or GPU)")
+                         "use --strategy naive (one process), ddp or fsdp (under torchrun, CPU or GPU)")
+    if name == 'fsdp' and (getattr(a, 'ckpt_dir', None) or getattr(a, 'resume', False)):
+        raise ValueError("--strategy fsdp does not write or read resumable checkpoints yet (the trainers' checkpoints are "
+                         "per-rank files and FSDP's optimizer states are sharded): drop --ckpt_dir / --resume")
     missing = [v for v in _TORCHRUN_VARS if v not in os.environ]
     if name != 'naive' and missing:
         raise ValueError(f"--strategy {name} runs one process per device and needs torchrun's environment ({', '.join(missing)} "
@@ -236,6 +241,8 @@ def rm_parser() -> argparse.ArgumentParser:
     p.add_argument('--pooling', choices=('last', 'mean'), default='last', help="'last' real token, or ColossalChat's 'mean' over all positions")
     p.add_argument('--test', type=_bool, default=False, help='a quick run on a small part of the data')
     p.add_argument('--max_norm', type=_positive(float), default=1.0)
+    p.add_argument('--value_head_bias', type=_bool, default=True,
+                   help="False: a head without bias, so the folder scores exactly in plain transformers' AutoModelForSequenceClassification (03 §10.1)")
     return _epoch_checkpoints(p)
 
 def _pairs(path, subset, split, tokenizer, a, limit):
@@ -302,7 +309,7 @@ def train_rm_cli(argv: list[str]|None = None) -> int:
     else:
         train = _pairs(a.dataset, a.subset, 'train', tok, a, n_train)
         ev = _pairs(a.eval_dataset, None, 'train', tok, a, n_eval) if a.eval_dataset else _pairs(a.dataset, a.subset, 'test', tok, a, n_eval)
-    with strategy.model_init_context(): model = _model(a, 'rm', tok)
+    with strategy.model_init_context(): model = _model(a, 'rm', tok, value_head_bias=a.value_head_bias)
     model.pooling = a.pooling
     if a.model_path: load_reward_model_weights(model, a.model_path)
     optim = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=a.lr)
@@ -315,8 +322,9 @@ def train_rm_cli(argv: list[str]|None = None) -> int:
                            ckpt_dir=a.ckpt_dir)
     evdl = strategy.setup_dataloader(ev, a.batch_size, shuffle=False, collate_fn=collate) if ev is not None else None
     t.fit(dl, evdl, resume=a.resume, log_dir=_log_dir(a, 'rm'), use_wandb=a.use_wandb)
-    if evdl is not None and strategy.is_rank_0():
-        m = t.evaluate(evdl); print(f"held-out accuracy {m['eval/acc']:.3f}, mean chosen-rejected gap {m['eval/dist']:.3f}")
+    if evdl is not None:                     # every rank evaluates (under FSDP each forward is a collective); rank 0 prints
+        m = t.evaluate(evdl)
+        if strategy.is_rank_0(): print(f"held-out accuracy {m['eval/acc']:.3f}, mean chosen-rejected gap {m['eval/dist']:.3f}")
     _save(strategy, model, tok, a, optim)
     return 0
 
@@ -436,7 +444,7 @@ def build_ppo(a: argparse.Namespace, # parsed `prompts_parser()` flags
     actor_optim = torch.optim.Adam([p for p in actor.parameters() if p.requires_grad], lr=a.lr)
     critic_optim = torch.optim.Adam([p for p in critic.parameters() if p.requires_grad], lr=a.critic_lr or a.lr)
     (actor, actor_optim), (critic, critic_optim) = strategy.prepare((actor, actor_optim), (critic, critic_optim))
-    ckpt = a.ckpt_dir or (Path(a.save_path)/'checkpoints' if a.save_path else None)
+    ckpt = a.ckpt_dir or (Path(a.save_path)/'checkpoints' if a.save_path and a.strategy != 'fsdp' else None)   # fsdp: none yet
     metrics = _metrics_path(a)
     trainer = PPOTrainer(strategy, actor, critic, reward_model, initial, actor_optim, critic_optim, kl_coef=a.kl_coef,
                          ptx_coef=ptx_coef, train_batch_size=a.train_batch_size, eps_clip=a.eps_clip, value_clip=a.value_clip,

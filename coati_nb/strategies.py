@@ -631,7 +631,7 @@ def clip_grad_norm(self: ColossalAIStrategy, model, optimizer, max_norm: float, 
 
 # %% ../nbs/08_strategies.ipynb #ad3d5ecd
 from torch.distributed.device_mesh import init_device_mesh
-from torch.distributed.fsdp import CPUOffloadPolicy, FSDPModule, fully_shard
+from torch.distributed.fsdp import CPUOffloadPolicy, FSDPModule, fully_shard, register_fsdp_forward_method
 from safetensors.torch import load_file, save_file
 from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict, get_optimizer_state_dict,
                                                      set_model_state_dict, set_optimizer_state_dict)
@@ -647,6 +647,7 @@ def _fsdp_units(model: nn.Module) -> list[nn.Module]:
 # %% ../nbs/08_strategies.ipynb #cfa8cb1b
 class FSDPStrategy(DDPStrategy):
     "PyTorch FSDP2 (`fully_shard`) under torchrun: parameters, gradients and optimizer states sharded across ranks."
+    forward_methods = ('lm_logits',)   # methods besides forward that run the whole model (11: the PTX loss's Actor.lm_logits)
     def setup_model(self, model: nn.Module) -> nn.Module:
         "Move `model` to this rank's device and shard it block by block (models without trainable parameters stay whole)."
         if not isinstance(model, nn.Module): raise TypeError(f"setup_model expects an nn.Module, got {type(model).__name__}")
@@ -659,6 +660,9 @@ class FSDPStrategy(DDPStrategy):
         if self.cpu_offload: kw['offload_policy'] = CPUOffloadPolicy(pin_memory=self.device.type == 'cuda')
         for unit in _fsdp_units(model): fully_shard(unit, **kw)
         fully_shard(model, **kw)
+        model._get_fsdp_state()._lazy_init()   # the root is known now, so a sub-module may run first (PPO's generation calls the backbone)
+        for name in self.forward_methods:
+            if hasattr(model, name): register_fsdp_forward_method(model, name)   # gathers / frees like forward does
         return model
 
     def setup_optimizer(self, optimizer, model):
