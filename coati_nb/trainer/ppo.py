@@ -14,7 +14,7 @@ from fastcore.basics import patch
 
 from ..experience_maker import EXPERIENCE_PRESETS, Experience, NaiveExperienceMaker, eval_mode, sampling_kwargs
 from ..loss import GPTLMLoss, PolicyLoss, ValueLoss
-from ..models import process_logits
+from ..models import Actor, process_logits
 from ..replay_buffer import NaiveReplayBuffer
 from .base import (Callback, MetricsLogger, Trainer, latest_checkpoint, load_checkpoint, save_checkpoint,
                                    truncate_metrics)
@@ -203,13 +203,18 @@ class PPOTrainer(Trainer):
 
 # %% ../../nbs/11_ppo.ipynb #1e7de6e6
 @patch
+def lm_logits(self: Actor, input_ids: torch.LongTensor, attention_mask: torch.Tensor|None = None) -> torch.Tensor:
+    "Next-token logits (B, S, V) of the actor's language model: the PTX loss's forward (FSDP treats it as one, 08 §8)."
+    return self.get_base_model()(input_ids=input_ids, attention_mask=attention_mask).logits
+
+@patch
 def _ptx_loss(self: PPOTrainer, batch) -> torch.Tensor:
     "LM loss of the actor on one pre-training batch (labels -100 where no loss is wanted)."
     dev = module_device(self.actor)
     ids = batch['input_ids'].to(dev)
     labels = batch.get('labels', ids).to(dev)
     mask = batch.get('attention_mask'); mask = mask.to(dev) if mask is not None else None
-    logits = _unwrap(self.strategy, self.actor).get_base_model()(input_ids=ids, attention_mask=mask).logits   # (B', S, V)
+    logits = _unwrap(self.strategy, self.actor).lm_logits(ids, mask)   # (B', S, V)
     return self.ptx_loss_fn(logits, labels)
 
 @patch
@@ -355,8 +360,10 @@ def _make_experience(self: PPOTrainer, exp_metrics: list) -> None:
     batch = self._prompts.next()
     dev = module_device(self.actor)
     self._call('on_make_experience_start')
-    exp = self.experience_maker.make_experience(batch['input_ids'].to(dev), attention_mask=batch['attention_mask'].to(dev),
-                                                **self.generate_kwargs)
+    # generation stops at EOS after a rank-local number of steps: under FSDP the actor is gathered first (08 §8)
+    with (self.strategy.generation_context(self.actor) if self.strategy is not None else contextlib.nullcontext()):
+        exp = self.experience_maker.make_experience(batch['input_ids'].to(dev), attention_mask=batch['attention_mask'].to(dev),
+                                                    **self.generate_kwargs)
     self._call('on_make_experience_end', exp)
     exp_metrics.append(exp.metrics()); self.replay_buffer.append(exp)
 
