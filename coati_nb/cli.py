@@ -268,11 +268,18 @@ def _read_weights(path: Path, load_file) -> dict:
         raise ValueError(f"{path}: not a readable weights file ({first})") from None
 
 def load_reward_model_weights(model: torch.nn.Module, # a RewardModel (or Critic): backbone `model` + `value_head`
-                              path,                   # .safetensors file, a folder with one, or a legacy .pt / .bin state dict
+                              path,                   # a folder written by save_pretrained, a .safetensors file, a folder with one, or a legacy .pt / .bin state dict
                              ) -> None:
     "Load reward-model weights whether or not their keys carry a `model.` (or `module.`) prefix."
     from safetensors.torch import load_file
     path = Path(path)
+    if path.is_dir() and any((path/f).is_file() for f in ('config.json', 'adapter_config.json')) and hasattr(type(model), 'family'):
+        src = type(model)(pretrained=path)     # 03's own loader knows the folder's layout (seq-cls keys, value head, adapter)
+        try: model.load_state_dict(src.state_dict(), strict=True)
+        except RuntimeError as e:
+            first = next((l.strip() for l in str(e).splitlines()[1:] if l.strip()), str(e))
+            raise ValueError(f"{path} does not fit this reward model: {first}") from None
+        return
     if path.is_dir():
         files = sorted(path.glob('*.safetensors'))
         if not files: raise FileNotFoundError(f"{path}: no .safetensors file in this folder")
