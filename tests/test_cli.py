@@ -1,5 +1,5 @@
-"""The console scripts end to end on the bundled data and a tiny model: under torchrun with 2 gloo processes
-(`--strategy ddp`), a PPO run killed with SIGKILL and continued with `--resume`, and a checkpoint write that fails
+"""The console scripts end to end on the bundled data and a tiny model (under torchrun with 2 gloo processes,
+`--strategy ddp` and `fsdp`: tests/test_fsdp_cli.py), a PPO run killed with SIGKILL and continued with `--resume`, and a checkpoint write that fails
 (disk full) without harming the last good checkpoint."""
 import json, os, signal, socket, subprocess, sys
 from pathlib import Path
@@ -46,18 +46,6 @@ def _ppo_args(d, save, episodes=1, timesteps=2):
     return ['--pretrain', d/'sft', '--rm_pretrain', d/'rm', '--save_path', save, '--num_episodes', episodes,
             '--max_timesteps', timesteps, '--update_timesteps', '1', '--experience_batch_size', '4', '--train_batch_size', '4',
             '--ptx_batch_size', '4', '--max_new_tokens', '6', '--max_datasets_size', '16', '--lr', '1e-5', *TINY]
-
-
-def test_every_script_under_torchrun_ddp(stages, tmp_path):
-    d = stages
-    _torchrun('coati_nb_train_sft', '--strategy', 'ddp', '--pretrain', d/'sft', '--save_path', tmp_path/'sft',
-              '--max_datasets_size', '32', '--accumulation_steps', '1', *TINY)
-    _torchrun('coati_nb_train_rm', '--strategy', 'ddp', '--pretrain', d/'sft', '--save_path', tmp_path/'rm', '--test', 'True', *TINY)
-    _torchrun('coati_nb_train_prompts', '--strategy', 'ddp', *_ppo_args(d, tmp_path/'ppo'))
-    for stage in ('sft', 'rm', 'ppo'): assert (tmp_path/stage/'model.safetensors').is_file(), stage
-    # 32 samples / (2 ranks × batch 8) = 2 optimizer steps per epoch: each rank saw half of the data
-    assert [r['step'] for r in _metrics(tmp_path/'sft'/'metrics.jsonl')] == [1, 2]
-    assert len(_metrics(tmp_path/'ppo'/'metrics.jsonl')) == 2
 
 
 def _numbers(path):

@@ -43,6 +43,15 @@ def runs(stages, tmp_path_factory):
     return out
 
 
+@pytest.mark.parametrize('strategy', ['ddp', 'fsdp'])
+def test_every_script_under_torchrun(runs, strategy):
+    for stage in ('sft', 'rm', 'ppo'): assert (runs/f'{stage}_{strategy}'/'model.safetensors').is_file(), stage
+    # 32 samples / (2 ranks × batch 8) = 2 optimizer steps per epoch: each rank saw half of the data
+    assert [r['step'] for r in _metrics(runs/f'sft_{strategy}'/'metrics.jsonl')] == [1, 2]
+    assert len(_metrics(runs/f'ppo_{strategy}'/'metrics.jsonl')) == 2
+    assert (runs/'ppo_ddp'/'checkpoints').is_dir() and not (runs/'ppo_fsdp'/'checkpoints').exists()   # fsdp: none yet
+
+
 @pytest.mark.parametrize('stage,key', [('sft', 'loss'), ('rm', 'loss'), ('ppo', 'loss/policy_avg')])
 def test_fsdp_equals_ddp(runs, stage, key):
     a, b = _losses(runs/f'{stage}_fsdp', key), _losses(runs/f'{stage}_ddp', key)
