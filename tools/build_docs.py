@@ -115,8 +115,9 @@ def execute(path: Path, timeout: int = 1200, cuda: bool | None = None):
         i = where.get('i')
         cell = nb.cells[i] if i is not None else None
         first = next((l for l in (cell.source if cell else '').splitlines() if l.strip() and not l.startswith('#|')), '')
-        what = (getattr(e, 'ename', '') + ': ' + getattr(e, 'evalue', '')).strip(': ') or \
-               (str(e).strip().splitlines() or [type(e).__name__])[-1]
+        lines = [l.strip() for l in str(e).splitlines() if re.search(r'[A-Za-z]', l)]   # not the '-----' rulers
+        what = (str(getattr(e, 'ename', '') or '') + ': ' + str(getattr(e, 'evalue', '') or '')).strip(': ') or \
+               (lines or [type(e).__name__])[-1]
         raise DocsError(f"{_rel(path)}: cell {i} (id {cell.get('id', '?') if cell else '?'}, `{first.strip()[:60]}`) "
                         f"failed: {what}") from None
     for i, src in skipped.items():
