@@ -191,6 +191,11 @@ def all_reduce_mean(tensor: torch.Tensor, # a tensor with the same shape on ever
     return out / torch.distributed.get_world_size()
 
 # %% ../nbs/00_utils.ipynb #667e3de3
+def _new_file_mode() -> int:
+    "The mode a plain open() gives a new file: 0o666 without the bits of the process umask."
+    mask = os.umask(0); os.umask(mask)
+    return 0o666 & ~mask
+
 @contextlib.contextmanager
 def atomic_write(path: str|os.PathLike, # final destination of the file
                 ):
@@ -203,6 +208,7 @@ def atomic_write(path: str|os.PathLike, # final destination of the file
     try:
         yield Path(tmp)
         with open(tmp, 'rb') as f: os.fsync(f.fileno())
+        os.chmod(tmp, _new_file_mode())    # mkstemp makes it private (0600); give it the mode open() would
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError): os.unlink(tmp)
