@@ -18,3 +18,14 @@ def test_two_commands_come_first():
 
 def test_ci_runs_the_readme_test_command():
     assert 'make test' in (ROOT/'.ci'/'run').read_text()
+
+
+def test_readme_images_exist_and_are_small():
+    import re
+    text = (ROOT/'README.md').read_text(encoding='utf-8')
+    images = re.findall(r'!\[[^\]]*\]\(([^)]+)\)', text)
+    assert images, "the README shows the demo's plots"
+    for rel in images:
+        f = ROOT/rel
+        assert f.is_file(), f"README shows {rel}, which is not in the repository (run `make docs-images` after a demo)"
+        assert f.stat().st_size <= 200 * 1024, f"{rel} is over 200 KiB"
