@@ -105,4 +105,4 @@ lab: $(STAMP)
 	$(BIN)/jupyter lab nbs $$([ "$$(id -u)" = 0 ] && echo --allow-root --ip=0.0.0.0 --no-browser)
 
 clean:
-	rm -rf .sync runs _proc _docs build *.egg-info
+	rm -rf .sync runs _proc _docs _site build *.egg-info
