@@ -15,7 +15,7 @@ from safetensors.torch import load_file, save_file
 from .utils import atomic_write, cli_errors
 from .lora import LoraLinear, PEFT_PREFIX
 from .models import MODEL_FAMILIES, get_family, family_class
-from .cli import _read_weights
+from .cli import _non_negative, _positive, _read_weights
 
 # %% auto #0
 __all__ = ['LAYOUTS', 'FORMATS', 'LORA_KEYS', 'PEFT_KEYS', 'CheckpointKeyError', 'read_checkpoint', 'to_layout', 'detect_layout',
@@ -426,8 +426,8 @@ def convert_parser() -> argparse.ArgumentParser:
     p.add_argument('--from_layout', default=None, choices=LAYOUTS, help="source key layout (default: detected)")
     p.add_argument('--config', default=None, help="config.json or model folder, needed when src is a bare file")
     p.add_argument('--merge_lora', action='store_true', help="fold lora_A/lora_B into the weights: W + (alpha/r)·B·A")
-    p.add_argument('--lora_rank', type=int, default=0, help="add LoRA pairs of this rank (B = 0) to a checkpoint without them")
-    p.add_argument('--lora_alpha', type=float, default=None, help="LoRA alpha for merging (default: a PEFT adapter's own, else 1 as ColossalChat)")
+    p.add_argument('--lora_rank', type=_non_negative(int), default=0, help="add LoRA pairs of this rank (B = 0) to a checkpoint without them")
+    p.add_argument('--lora_alpha', type=_positive(float), default=None, help="LoRA alpha for merging (default: a PEFT adapter's own, else 1 as ColossalChat)")
     p.add_argument('--allow_missing', action='append', default=[], metavar='PATTERN',
                    help="glob of reported keys (missing, unexpected or shape-mismatched) to accept; repeatable")
     p.add_argument('--overwrite', action='store_true', help="replace an existing dst")

@@ -4,7 +4,7 @@
 
 # %% ../nbs/14_pipeline.ipynb #6a89303f
 from __future__ import annotations
-import copy, json, math, os, random, shutil, sys, time
+import copy, json, math, os, random, re, shutil, sys, time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -156,11 +156,11 @@ def _loader(strategy, ds, bs, collate, shuffle=True):
 
 _MARKERS = ('config.json', 'adapter_config.json')     # a model folder is complete once one of these is in place
 _MODEL_ENTRIES = {'config.json', 'generation_config.json', 'adapter_config.json', 'coati_nb_options.json', 'base_model',
-                  'model.safetensors.index.json'}
+                  'model.safetensors', 'model.safetensors.index.json', 'adapter_model.safetensors', 'value_head.safetensors'}
 
 def _is_model_entry(f: Path) -> bool:
     "A file or folder `_save_hf` writes (weights, configs), as opposed to metrics, checkpoints or the user's own files."
-    return f.name in _MODEL_ENTRIES or f.suffix == '.safetensors'
+    return f.name in _MODEL_ENTRIES or re.fullmatch(r'model-\d+-of-\d+\.safetensors', f.name) is not None   # or a shard
 
 def _save_hf(model, tokenizer, folder: Path,
              merge_lora_weights: bool = True, # False: LoRA layers are written as a PEFT adapter (see 03 `save_pretrained`)

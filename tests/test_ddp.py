@@ -96,10 +96,16 @@ def _check_round_trip(recs, out):
 
 
 # ---------------------------------------------------------------- DDPStrategy (torch.distributed, gloo on CPU)
-@pytest.fixture(scope='module')
-def ddp_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp('ddp')
-    return _torchrun('ddp', out), out
+def _run_once(mode: str):
+    "A module-scoped fixture: one torchrun of the worker in `mode`, giving (records, out folder)."
+    @pytest.fixture(scope='module')
+    def run(tmp_path_factory):
+        out = tmp_path_factory.mktemp(mode)
+        return _torchrun(mode, out), out
+    return run
+
+
+ddp_run = _run_once('ddp')
 
 
 def test_ddp_equals_one_process_on_the_combined_batch(ddp_run):
@@ -128,10 +134,7 @@ def test_ddp_checkpoint_round_trip(ddp_run):
 
 
 # ---------------------------------------------------------------- FSDPStrategy (FSDP2 fully_shard, gloo on CPU)
-@pytest.fixture(scope='module')
-def fsdp_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp('fsdp')
-    return _torchrun('fsdp', out), out
+fsdp_run = _run_once('fsdp')
 
 
 def test_fsdp_equals_one_process_on_the_combined_batch(fsdp_run):
@@ -173,10 +176,7 @@ def test_fsdp_every_sharding_equals_one_process(mode, fsdp_variants_run):
 
 
 # ---------------------------------------------------------------- ColossalAIStrategy, TorchDDPPlugin on CPU
-@pytest.fixture(scope='module')
-def colossal_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp('colossalai')
-    return _torchrun('colossalai', out), out
+colossal_run = _run_once('colossalai')
 
 
 @needs_colossalai

@@ -3,16 +3,16 @@ with no server; the page makes no network request, shows one token span per reco
 blank and holds several colours, the KL switch recolours the tokens and swaps the legend, and HTML in the model's
 output stays text (no element, no script runs). Under CI a missing chromium or playwright is a failure, not a skip
 (`make browser` installs chromium)."""
-import io, os
+import io, sys
 from pathlib import Path
 
 import pytest
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _browser import launch, require_chromium
+
 from coati_nb.rollouts import METRICS, colour, rollouts_html, write_rollouts_html
 
-CHROMIUM = '/usr/bin/chromium'
-CHROMIUM_ARGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking',
-                 '--disable-component-update', '--disable-sync', '--no-first-run']
 EVIL = ['<script>window.__pwned = 1</script>', '<img src=x onerror="window.__pwned = 2">', '"\'&amp;']
 
 
@@ -36,16 +36,8 @@ def _records() -> list[dict]:
 
 @pytest.fixture(scope='module')
 def browser():
-    if not Path(CHROMIUM).is_file():
-        msg = f"{CHROMIUM} is missing: install Debian's chromium (make browser, or apt-get install -y chromium)"
-        if os.environ.get('CI'): pytest.fail(msg)
-        pytest.skip(msg)
-    try: from playwright.sync_api import sync_playwright
-    except ImportError:
-        if os.environ.get('CI'): pytest.fail("playwright is missing: pip install playwright (never `playwright install`)")
-        pytest.skip('playwright is not installed')
-    with sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+    with require_chromium()() as pw:
+        b = launch(pw)
         yield b
         b.close()
 

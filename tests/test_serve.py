@@ -11,9 +11,8 @@ import httpx
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-CHROMIUM = '/usr/bin/chromium'
-CHROMIUM_ARGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking',
-                 '--disable-component-update', '--disable-sync', '--no-first-run']
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _browser import CHROMIUM, launch, require_chromium
 ENV = {**os.environ, 'PYTHONIOENCODING': 'utf-8', 'HF_HUB_OFFLINE': '1', 'TRANSFORMERS_OFFLINE': '1'}
 USER = [{'role': 'user', 'content': '你好，请数到一百。'}]
 
@@ -435,17 +434,10 @@ def test_terminal_chat_serves_a_gptq_checkpoint(tmp_path):
 # --- the web page in a browser -------------------------------------------------------------------------------------
 
 def test_browser_chat(servers, tmp_path):
-    if not Path(CHROMIUM).is_file():
-        msg = f"{CHROMIUM} is missing: install Debian's chromium (apt-get install -y chromium)"
-        if os.environ.get('CI'): pytest.fail(msg)
-        pytest.skip(msg)
-    try: from playwright.sync_api import sync_playwright
-    except ImportError:
-        if os.environ.get('CI'): pytest.fail("playwright is missing: pip install playwright (never `playwright install`)")
-        pytest.skip('playwright is not installed')
+    sync_playwright = require_chromium()
     s = servers['builtin'].ready()                                            # the built-in tiny model
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        browser = launch(pw)
         page = browser.new_page()
         bodies = []
         page.on('request', lambda r: bodies.append(json.loads(r.post_data)) if r.url.endswith('/v1/chat/completions') else None)
