@@ -149,7 +149,7 @@ def group_advantages(scores: torch.Tensor,  # (B,) rewards, the G answers of eac
     return a.reshape(-1)
 
 # %% ../nbs/11b_beyond_ppo.ipynb #0e48a44d
-LOSS_TYPES = ('grpo', 'bnpo', 'dapo', 'dr_grpo')
+LOSS_TYPES = ('grpo', 'bnpo', 'dapo', 'dr_grpo', 'sequence')
 
 def policy_gradient_loss(log_probs: torch.Tensor,     # (B, A) log π_θ of the sampled tokens, with grad
                          old_log_probs: torch.Tensor, # (B, A) log π_old from the rollout
@@ -161,6 +161,7 @@ def policy_gradient_loss(log_probs: torch.Tensor,     # (B, A) log π_θ of the 
                          eps_clip_high: float|None = None, # ε_high (DAPO's clip-higher); None = eps_clip
                          loss_type: str = 'grpo',     # how the per-token losses are averaged, see LOSS_TYPES
                          max_new_tokens: int|None = None, # dr_grpo's constant (default: A)
+                         kl_ratio_correction: bool = False, # multiply the k3 term by the ratio (TRL 1.12's GRPO default)
                         ) -> tuple[torch.Tensor, dict]:
     "The clipped policy-gradient loss of GRPO / RLOO / ReMax with an optional k3 KL term; (loss, stats)."
     if loss_type not in LOSS_TYPES: raise ValueError(f"loss_type must be one of {LOSS_TYPES}, got {loss_type!r}")
@@ -171,6 +172,10 @@ def policy_gradient_loss(log_probs: torch.Tensor,     # (B, A) log π_θ of the 
     m = action_mask.bool(); mf = m.to(log_probs.dtype)
     adv = advantages[:, None] if advantages.dim() == 1 else advantages                    # (B, 1) or (B, A)
     log_ratio = (log_probs - old_log_probs).masked_fill(~m, 0.0)
+    if loss_type == 'sequence':                                                             # one ratio per answer
+        if ref_log_probs is not None and beta > 0: raise ValueError("loss_type='sequence' takes the KL in the reward, not beta")
+        return _sequence_loss(log_ratio.sum(1), adv.view(-1) if adv.size(1) == 1 else masked_sum(adv, m) / mf.sum(1), eps_clip,
+                              eps_clip if eps_clip_high is None else eps_clip_high)
     ratio = log_ratio.exp()
     hi = eps_clip if eps_clip_high is None else eps_clip_high
     surr1, surr2 = ratio * adv, ratio.clamp(1 - eps_clip, 1 + hi) * adv
@@ -179,6 +184,7 @@ def policy_gradient_loss(log_probs: torch.Tensor,     # (B, A) log π_θ of the 
     if ref_log_probs is not None:
         d = (ref_log_probs - log_probs).masked_fill(~m, 0.0)
         kl = torch.expm1(d) - d                                                             # k3 per token
+        if kl_ratio_correction: kl = kl * ratio
         if beta > 0: per_token = per_token + beta * kl
     if loss_type == 'grpo': loss = ((per_token * mf).sum(1) / mf.sum(1).clamp(min=1)).mean()
     elif loss_type in ('bnpo', 'dapo'): loss = (per_token * mf).sum() / mf.sum().clamp(min=1)
@@ -188,6 +194,15 @@ def policy_gradient_loss(log_probs: torch.Tensor,     # (B, A) log π_θ of the 
         stats = {'clip_frac': ((surr2 != surr1).to(mf.dtype) * mf).sum() / n,
                  'approx_kl': (((ratio - 1) - log_ratio) * mf).sum() / n,
                  'kl_ref': (kl * mf).sum() / n if kl is not None else torch.zeros(())}
+    return loss, stats
+
+def _sequence_loss(log_ratio: torch.Tensor, adv: torch.Tensor, lo: float, hi: float) -> tuple[torch.Tensor, dict]:
+    "RLOO's (and REINFORCE's) sequence-level form: ρ = exp(Σ_t log-ratio) per answer, −min(ρA, clip(ρ)A), mean over answers."
+    ratio = log_ratio.exp()
+    s1, s2 = ratio * adv, ratio.clamp(1 - lo, 1 + hi) * adv
+    loss = -torch.min(s1, s2).mean()
+    with torch.no_grad():
+        stats = {'clip_frac': (s1 != s2).float().mean(), 'approx_kl': ((ratio - 1) - log_ratio).mean(), 'kl_ref': torch.zeros(())}
     return loss, stats
 
 # %% ../nbs/11b_beyond_ppo.ipynb #f8ca5fdb
@@ -275,7 +290,8 @@ class GRPOTrainer(PPOTrainer):
                  *,
                  algorithm: str = 'grpo',       # 'grpo', 'rloo' or 'remax'
                  group_size: int = 4,           # G
-                 loss_type: str = 'grpo',       # see LOSS_TYPES
+                 loss_type: str|None = None,    # see LOSS_TYPES; None: 'grpo' for grpo, 'sequence' for rloo / remax
+                 kl_ratio_correction: bool = False, # GRPO's k3 term times the ratio (TRL 1.12's default)
                  scale_rewards: str = 'std',    # grpo: 'std' or 'none'
                  kl_in: str|None = None,        # 'loss' / 'reward' (None: the algorithm's)
                  eps_clip_high: float|None = None,
@@ -286,6 +302,7 @@ class GRPOTrainer(PPOTrainer):
                  **generate_kwargs):
         _check_ppo_options(ptx_mode, ptx_stream, prompt_stream, update_schedule, ptx_coef, train_batch_size, max_epochs,
                            save_interval, generate_kwargs)
+        loss_type = loss_type or ('grpo' if algorithm == 'grpo' else 'sequence')
         if loss_type not in LOSS_TYPES: raise ValueError(f"loss_type must be one of {LOSS_TYPES}, got {loss_type!r}")
         Trainer.__init__(self, strategy, callbacks)
         self.actor, self.critic, self.reward_model, self.initial_model = actor, None, reward_model, initial_model
@@ -300,7 +317,7 @@ class GRPOTrainer(PPOTrainer):
         self.experience_options = {}
         self.replay_buffer = NaiveReplayBuffer(train_batch_size, buffer_limit, buffer_cpu_offload, pad_token_id=pad_token_id,
                                                target_device=module_device(actor))
-        self.eps_clip, self.eps_clip_high, self.loss_type = eps_clip, eps_clip_high, loss_type
+        self.eps_clip, self.eps_clip_high, self.loss_type, self.kl_ratio_correction = eps_clip, eps_clip_high, loss_type, kl_ratio_correction
         self.ptx_loss_fn, self.metrics_path = GPTLMLoss(), metrics_path
         self.ckpt_dir, self.save_interval, self.checkpoint_frozen = (Path(ckpt_dir) if ckpt_dir else None), save_interval, False
         self.update_step, self.extra_metrics = 0, {}
@@ -322,9 +339,10 @@ def _training_step(self: GRPOTrainer, experience: Experience) -> dict:
         log_probs = self.actor(experience.sequences, A, experience.attention_mask, **sk)     # (B, A)
     in_loss = self.experience_maker.kl_in == 'loss'
     loss, st = policy_gradient_loss(log_probs, experience.action_log_probs, experience.advantages, m,
-                                    experience.base_action_log_probs, beta=self.kl_coef if in_loss else 0.0,
+                                    experience.base_action_log_probs if in_loss else None, beta=self.kl_coef if in_loss else 0.0,
                                     eps_clip=self.eps_clip, eps_clip_high=self.eps_clip_high, loss_type=self.loss_type,
-                                    max_new_tokens=self.generate_kwargs.get('max_new_tokens'))
+                                    max_new_tokens=self.generate_kwargs.get('max_new_tokens'),
+                                    kl_ratio_correction=self.kl_ratio_correction)
     actor_loss, out = loss, {}
     if 'logits' in seen: out['policy/entropy_avg'] = policy_entropy(seen['logits'][:, -(A + 1):-1], m, **sk)
     if self.ptx_coef > 0 and self._ptx is not None:
