@@ -148,6 +148,22 @@ def group_advantages(scores: torch.Tensor,  # (B,) rewards, the G answers of eac
     if scale == 'std': a = a / (r.std(1, keepdim=True) + eps)                   # Bessel-corrected std, as torch.std
     return a.reshape(-1)
 
+# %% ../nbs/11b_beyond_ppo.ipynb #ba8cd748
+def _sequence_loss(log_ratio: torch.Tensor, adv: torch.Tensor, lo: float, hi: float) -> tuple[torch.Tensor, dict]:
+    "RLOO's (and REINFORCE's) sequence-level form: ρ = exp(Σ_t log-ratio) per answer, −min(ρA, clip(ρ)A), mean over answers."
+    ratio = log_ratio.exp()
+    s1, s2 = ratio * adv, ratio.clamp(1 - lo, 1 + hi) * adv
+    loss = -torch.min(s1, s2).mean()
+    with torch.no_grad():
+        stats = {'clip_frac': (s1 != s2).float().mean(), 'approx_kl': ((ratio - 1) - log_ratio).mean(), 'kl_ref': torch.zeros(())}
+    return loss, stats
+
+def _aggregate(per_token: torch.Tensor, mf: torch.Tensor, loss_type: str, max_new_tokens: int|None) -> torch.Tensor:
+    "One number from the (B, A) per-token losses: 'grpo' per answer then over answers, 'bnpo' / 'dapo' over all tokens, 'dr_grpo' / (B·L)."
+    if loss_type == 'grpo': return ((per_token * mf).sum(1) / mf.sum(1).clamp(min=1)).mean()
+    if loss_type in ('bnpo', 'dapo'): return (per_token * mf).sum() / mf.sum().clamp(min=1)
+    return (per_token * mf).sum() / (per_token.size(0) * (max_new_tokens or per_token.size(1)))
+
 # %% ../nbs/11b_beyond_ppo.ipynb #0e48a44d
 LOSS_TYPES = ('grpo', 'bnpo', 'dapo', 'dr_grpo', 'sequence')
 
@@ -186,23 +202,12 @@ def policy_gradient_loss(log_probs: torch.Tensor,     # (B, A) log π_θ of the 
         kl = torch.expm1(d) - d                                                             # k3 per token
         if kl_ratio_correction: kl = kl * ratio
         if beta > 0: per_token = per_token + beta * kl
-    if loss_type == 'grpo': loss = ((per_token * mf).sum(1) / mf.sum(1).clamp(min=1)).mean()
-    elif loss_type in ('bnpo', 'dapo'): loss = (per_token * mf).sum() / mf.sum().clamp(min=1)
-    else: loss = (per_token * mf).sum() / (log_probs.size(0) * (max_new_tokens or log_probs.size(1)))
+    loss = _aggregate(per_token, mf, loss_type, max_new_tokens)
     with torch.no_grad():
         n = mf.sum().clamp(min=1)
         stats = {'clip_frac': ((surr2 != surr1).to(mf.dtype) * mf).sum() / n,
                  'approx_kl': (((ratio - 1) - log_ratio) * mf).sum() / n,
                  'kl_ref': (kl * mf).sum() / n if kl is not None else torch.zeros(())}
-    return loss, stats
-
-def _sequence_loss(log_ratio: torch.Tensor, adv: torch.Tensor, lo: float, hi: float) -> tuple[torch.Tensor, dict]:
-    "RLOO's (and REINFORCE's) sequence-level form: ρ = exp(Σ_t log-ratio) per answer, −min(ρA, clip(ρ)A), mean over answers."
-    ratio = log_ratio.exp()
-    s1, s2 = ratio * adv, ratio.clamp(1 - lo, 1 + hi) * adv
-    loss = -torch.min(s1, s2).mean()
-    with torch.no_grad():
-        stats = {'clip_frac': (s1 != s2).float().mean(), 'approx_kl': ((ratio - 1) - log_ratio).mean(), 'kl_ref': torch.zeros(())}
     return loss, stats
 
 # %% ../nbs/11b_beyond_ppo.ipynb #f8ca5fdb
@@ -284,16 +289,14 @@ class GRPOTrainer(PPOTrainer):
                  kl_coef: float = 0.04,         # β (TRL's GRPO default was 0.04 before 0.19; its current default is 0)
                  ptx_coef: float = 0.0,         # weight of the PTX loss (0 = none)
                  train_batch_size: int = 8,     # experiences per learning step
-                 buffer_limit: int = 0, buffer_cpu_offload: bool = True,
-                 eps_clip: float = 0.2,         # ε
+                 buffer_limit: int = 0, buffer_cpu_offload: bool = True, eps_clip: float = 0.2,
                  max_epochs: int = 1,           # passes over the buffer per update (1 with one batch: ρ = 1, pure REINFORCE)
                  *,
                  algorithm: str = 'grpo',       # 'grpo', 'rloo' or 'remax'
                  group_size: int = 4,           # G
                  loss_type: str|None = None,    # see LOSS_TYPES; None: 'grpo' for grpo, 'sequence' for rloo / remax
                  kl_ratio_correction: bool = False, # GRPO's k3 term times the ratio (TRL 1.12's default)
-                 scale_rewards: str = 'std',    # grpo: 'std' or 'none'
-                 kl_in: str|None = None,        # 'loss' / 'reward' (None: the algorithm's)
+                 scale_rewards: str = 'std', kl_in: str|None = None,   # see GroupExperienceMaker
                  eps_clip_high: float|None = None,
                  ptx_mode: str = 'additive', ptx_stream: str = 'advance', prompt_stream: str = 'advance',
                  drop_last: bool = False, update_schedule: str = 'episode', max_norm: float|None = None,
@@ -305,12 +308,11 @@ class GRPOTrainer(PPOTrainer):
         loss_type = loss_type or ('grpo' if algorithm == 'grpo' else 'sequence')
         if loss_type not in LOSS_TYPES: raise ValueError(f"loss_type must be one of {LOSS_TYPES}, got {loss_type!r}")
         Trainer.__init__(self, strategy, callbacks)
-        self.actor, self.critic, self.reward_model, self.initial_model = actor, None, reward_model, initial_model
-        self.actor_optim, self.critic_optim = actor_optim, None
-        self.kl_coef, self.ptx_coef, self.ptx_mode, self.ptx_stream = kl_coef, ptx_coef, ptx_mode, ptx_stream
-        self.train_batch_size, self.sample_buffer, self.max_epochs, self.max_norm = train_batch_size, False, max_epochs, max_norm
-        self.update_dropout, self.prompt_stream, self.drop_last, self.update_schedule = False, prompt_stream, bool(drop_last), update_schedule
-        self.generate_kwargs = {**generate_kwargs, 'pad_token_id': pad_token_id}
+        self._set(actor=actor, critic=None, reward_model=reward_model, initial_model=initial_model, actor_optim=actor_optim,
+                  critic_optim=None, kl_coef=kl_coef, ptx_coef=ptx_coef, ptx_mode=ptx_mode, ptx_stream=ptx_stream,
+                  train_batch_size=train_batch_size, sample_buffer=False, max_epochs=max_epochs, max_norm=max_norm,
+                  update_dropout=False, prompt_stream=prompt_stream, drop_last=bool(drop_last), update_schedule=update_schedule,
+                  generate_kwargs={**generate_kwargs, 'pad_token_id': pad_token_id})
         self.experience_maker = GroupExperienceMaker(_unwrap(strategy, actor), reward_model, initial_model, kl_coef,
                                                      algorithm=algorithm, group_size=group_size, kl_in=kl_in,
                                                      scale_rewards=scale_rewards, use_sampling_logprobs=use_sampling_logprobs)
@@ -318,10 +320,12 @@ class GRPOTrainer(PPOTrainer):
         self.replay_buffer = NaiveReplayBuffer(train_batch_size, buffer_limit, buffer_cpu_offload, pad_token_id=pad_token_id,
                                                target_device=module_device(actor))
         self.eps_clip, self.eps_clip_high, self.loss_type, self.kl_ratio_correction = eps_clip, eps_clip_high, loss_type, kl_ratio_correction
-        self.ptx_loss_fn, self.metrics_path = GPTLMLoss(), metrics_path
-        self.ckpt_dir, self.save_interval, self.checkpoint_frozen = (Path(ckpt_dir) if ckpt_dir else None), save_interval, False
-        self.update_step, self.extra_metrics = 0, {}
-        self.stage = algorithm
+        self._set(ptx_loss_fn=GPTLMLoss(), metrics_path=metrics_path, ckpt_dir=Path(ckpt_dir) if ckpt_dir else None,
+                  save_interval=save_interval, checkpoint_frozen=False, update_step=0, extra_metrics={}, stage=algorithm)
+
+    def _set(self, **attrs):
+        "Set the attributes PPOTrainer's loop reads (its __init__ is not run: it would build a critic's maker and loss)."
+        for k, v in attrs.items(): setattr(self, k, v)
 
 # %% ../nbs/11b_beyond_ppo.ipynb #731f3a81
 @patch
