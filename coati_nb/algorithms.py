@@ -307,8 +307,8 @@ class GRPOTrainer(PPOTrainer):
                            save_interval, generate_kwargs)
         loss_type = loss_type or ('grpo' if algorithm == 'grpo' else 'sequence')
         if loss_type not in LOSS_TYPES: raise ValueError(f"loss_type must be one of {LOSS_TYPES}, got {loss_type!r}")
-        Trainer.__init__(self, strategy, callbacks)
-        self._set(actor=actor, critic=None, reward_model=reward_model, initial_model=initial_model, actor_optim=actor_optim,
+        Trainer.__init__(self, strategy, callbacks)   # not PPOTrainer's: it would build a critic's maker and loss
+        vars(self).update(actor=actor, critic=None, reward_model=reward_model, initial_model=initial_model, actor_optim=actor_optim,
                   critic_optim=None, kl_coef=kl_coef, ptx_coef=ptx_coef, ptx_mode=ptx_mode, ptx_stream=ptx_stream,
                   train_batch_size=train_batch_size, sample_buffer=False, max_epochs=max_epochs, max_norm=max_norm,
                   update_dropout=False, prompt_stream=prompt_stream, drop_last=bool(drop_last), update_schedule=update_schedule,
@@ -320,12 +320,8 @@ class GRPOTrainer(PPOTrainer):
         self.replay_buffer = NaiveReplayBuffer(train_batch_size, buffer_limit, buffer_cpu_offload, pad_token_id=pad_token_id,
                                                target_device=module_device(actor))
         self.eps_clip, self.eps_clip_high, self.loss_type, self.kl_ratio_correction = eps_clip, eps_clip_high, loss_type, kl_ratio_correction
-        self._set(ptx_loss_fn=GPTLMLoss(), metrics_path=metrics_path, ckpt_dir=Path(ckpt_dir) if ckpt_dir else None,
+        vars(self).update(ptx_loss_fn=GPTLMLoss(), metrics_path=metrics_path, ckpt_dir=Path(ckpt_dir) if ckpt_dir else None,
                   save_interval=save_interval, checkpoint_frozen=False, update_step=0, extra_metrics={}, stage=algorithm)
-
-    def _set(self, **attrs):
-        "Set the attributes PPOTrainer's loop reads (its __init__ is not run: it would build a critic's maker and loss)."
-        for k, v in attrs.items(): setattr(self, k, v)
 
 # %% ../nbs/11b_beyond_ppo.ipynb #731f3a81
 @patch
