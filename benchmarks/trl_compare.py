@@ -1,4 +1,4 @@
-"""coati_nb's SFT, RM and PPO trainers side by side with TRL's, on the same tiny LLaMA, data and hyperparameters.
+"""coati_nb's SFT, RM, PPO, DPO and GRPO trainers side by side with TRL's, on the same tiny LLaMA, data and hyperparameters.
 
 One run prints step time, tokens/s, peak memory and the losses of both implementations, and their ratios:
 
@@ -9,6 +9,14 @@ One run prints step time, tokens/s, peak memory and the losses of both implement
 - `ppo`: `coati_nb.trainer.ppo.PPOTrainer` vs `trl.experimental.ppo.PPOTrainer` (TRL removed it after 1.12.0) on
   data/toy/prompts.jsonl; one row = one update = a rollout of `--ppo-rollout` prompts plus
   `--ppo-epochs` x (rollout / `--ppo-minibatch`) optimizer steps.
+- `dpo`: `coati_nb.algorithms.DPOTrainer` vs `trl.DPOTrainer` (sigmoid loss, β `--dpo-beta`, a frozen reference copy
+  of the same weights, reference log-probs computed every step on both sides) on the pairs of data/toy/rm_pairs.jsonl,
+  tokenized once by coati_nb's `DPOPairs` and handed to TRL as its `prompt_ids` / `chosen_ids` / `rejected_ids`.
+- `grpo`: `coati_nb.algorithms.GRPOTrainer` vs `trl.GRPOTrainer` on data/toy/prompts.jsonl with the toy task's gold
+  reward on both sides (coati_nb's `GoldReward`; for TRL a reward function calling the same `gold_reward_terms`);
+  one row = one update = `--grpo-prompts` prompts x `--grpo-group` sampled answers and ONE optimizer step on all of
+  them (TRL: `per_device_train_batch_size` = the rollout, `steps_per_generation=1`, `num_iterations=1`); loss_type
+  'grpo', group-std advantages, ε = 0.2, k3 KL in the loss with β `--grpo-beta` and no ratio correction on both sides.
 
 The TRL side runs in its own virtual environment, so TRL never pins this project's dependencies. Make it once:
 
@@ -24,7 +32,14 @@ transformers pinned to the version of the project's venv):
     benchmarks/.venv-trl/bin/pip install --no-deps -e .
     benchmarks/.venv-trl/bin/pip install -c <(echo torch==2.13.0) matplotlib   # the rest of settings.ini's requirements
 
-(keep it out of git with the line `benchmarks/.venv-trl/` in .gitignore). Then:
+(keep it out of git with the line `benchmarks/.venv-trl/` in .gitignore). Or, without a second venv, run the TRL side
+with the project's own interpreter and TRL unpacked without its dependencies into a folder of its own (the venv
+already holds the torch, transformers, accelerate and datasets TRL needs; TRL is never installed into it):
+
+    python benchmarks/trl_losses.py --setup          # pip install --no-deps --target .venv/trl-1.12.0 trl==1.12.0
+    python benchmarks/trl_compare.py --trl-dir .venv/trl-1.12.0 ...
+
+Then:
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/trl_compare.py [--steps 20] [--warmup 3] [--json OUT]
 
@@ -44,17 +59,20 @@ How it measures:
   (> 1: coati_nb is faster). With `--repeats R` each (stage, side) runs R times, the sides alternating which goes
   first, and the fastest run is reported (every run's s/step is in the JSON): on a shared machine the fastest run
   is the one least slowed by other load.
-- tokens/s: real (non-padding) tokens per measured step / s per step: SFT prompt + response tokens, RM chosen +
-  rejected tokens, PPO prompt + generated tokens of the rollout.
+- tokens/s: real (non-padding) tokens per measured step / s per step: SFT prompt + response tokens, RM and DPO
+  chosen + rejected tokens, PPO and GRPO prompt + generated tokens of the rollout.
 - Memory: peak RSS of the worker process during training (sampled every 5 ms from /proc/self/statm) minus its RSS
   just before training started (models, data and trainer already built). It includes optimizer state, activations,
   the allocator's retained pages and anything the trainer allocates itself; not tracemalloc (blind to torch's
   allocations) and not the torch profiler.
-- Losses: first measured step and the mean of the last 5 steps (PPO: policy and value loss, RM score and KL).
+- Losses: first measured step and the mean of the last 5 steps (PPO: policy and value loss, RM score and KL; GRPO:
+  policy loss, gold score and the mean per-token k3 KL to the reference).
 
 Hyperparameters are matched: AdamW (non-fused, weight decay 0, TRL `optim='adamw_torch'`), constant learning rate,
 no warm-up, no gradient accumulation, fp32, no gradient checkpointing (TRL's default is on), grad-norm clip 1.0 in
-SFT / RM and none in PPO (TRL's PPO loop never clips), same batch sizes and maximum length. PPO: coati_nb's
+SFT / RM / DPO / GRPO and none in PPO (TRL's PPO loop never clips), same batch sizes and maximum length, dropout
+off. DPO and GRPO: TRL's `_compute_loss` is checked against coati_nb's losses on the same tensors by
+benchmarks/trl_losses.py; here the DPO losses of the two sides should agree step by step. PPO: coati_nb's
 'corrected' preset (k3 per-token KL, score at the last token, GAE γ=1 λ=0.95, whitened advantages, sampling
 log-probs) against TRL with `kl_estimator='k3'`, the same clip ranges (0.2 / 0.2), `vf_coef=1`, `stop_token='eos'`,
 no missing-EOS penalty, no sample generations, one optimizer over two parameter groups with coati_nb's actor and
@@ -68,7 +86,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 TRL_VENV = ROOT / 'benchmarks' / '.venv-trl'
 TRL_VERSION, TORCH_VERSION = '1.12.0', '2.13.0'
-STAGES = ('sft', 'rm', 'ppo')
+STAGES = ('sft', 'rm', 'ppo', 'dpo', 'grpo')
 SIDES = ('coati', 'trl')
 THREAD_ENV = {'OMP_NUM_THREADS': '1', 'MKL_NUM_THREADS': '1', 'OPENBLAS_NUM_THREADS': '1', 'TOKENIZERS_PARALLELISM': 'false'}
 OFFLINE_ENV = {'HF_HUB_OFFLINE': '1', 'TRANSFORMERS_OFFLINE': '1', 'HF_DATASETS_OFFLINE': '1', 'WANDB_MODE': 'disabled',
@@ -162,8 +180,13 @@ def _data(stage: str, cfg: dict):
         ds = SupervisedDataset(toy_data_path('sft'), tok, max_length=cfg['max_len']); n = n_steps * cfg['batch_size']
     elif stage == 'rm':
         ds = RmStaticDataset(toy_data_path('rm_pairs'), tok, cfg['max_len']); n = n_steps * cfg['batch_size']
+    elif stage == 'dpo':
+        from coati_nb.algorithms import DPOPairs
+        rows = [json.loads(l) for l in toy_data_path('rm_pairs').read_text(encoding='utf-8').splitlines() if l.strip()]
+        ds = DPOPairs(rows, tok, cfg['max_len']); n = n_steps * cfg['batch_size']
     else:
-        ds = PromptDataset(toy_data_path('prompts'), tok, max_length=cfg['max_len']); n = n_steps * cfg['ppo_rollout']
+        ds = PromptDataset(toy_data_path('prompts'), tok, max_length=cfg['max_len'])
+        n = n_steps * (cfg['ppo_rollout'] if stage == 'ppo' else cfg['grpo_prompts'])
     return tok, [ds[i] for i in _ordered(len(ds), n, cfg['seed'])]
 
 def _versions() -> dict:
@@ -250,6 +273,37 @@ def coati_worker(stage: str, work: Path, cfg: dict) -> dict:
         dl = _CountingLoader(dl, lambda b: int(b['c_mask'].sum() + b['r_mask'].sum()), clock.tokens)
         trainer = RewardModelTrainer(model, strategy, opt, None, loss_fn='log_sig', max_epochs=1, max_norm=1.0, callbacks=[cb])
         run = lambda: trainer.fit(dl)
+    elif stage == 'dpo':
+        import functools
+        from coati_nb.algorithms import DPOTrainer, collate_dpo
+        LM = family_class('llama', 'lm')
+        model, ref = LM(pretrained=work / 'lm'), LM(pretrained=work / 'lm')
+        opt = torch.optim.AdamW(model.parameters(), lr=cfg['dpo_lr'], weight_decay=0.0)
+        dl = strategy.setup_dataloader(samples, cfg['batch_size'], shuffle=False,
+                                       collate_fn=functools.partial(collate_dpo, pad_token_id=tok.pad_token_id))
+        dl = _CountingLoader(dl, lambda b: int(b['attention_mask'].sum()), clock.tokens)
+        trainer = DPOTrainer(model, ref, strategy, opt, None, beta=cfg['dpo_beta'], loss_type='sigmoid', max_epochs=1,
+                             accumulation_steps=1, max_norm=1.0, callbacks=[cb])
+        run = lambda: trainer.fit(dl)
+    elif stage == 'grpo':
+        from coati_nb.algorithms import GRPOTrainer, GoldReward
+        Actor = family_class('llama', 'actor')
+        actor, initial = Actor(pretrained=work / 'lm'), Actor(pretrained=work / 'lm').requires_grad_(False)
+        dl = strategy.setup_dataloader(samples, cfg['grpo_prompts'], shuffle=False, collate_fn=DataCollatorForPromptDataset(tok))
+        actor_optim = torch.optim.AdamW(actor.parameters(), lr=cfg['actor_lr'], weight_decay=0.0)
+        actor, actor_optim = strategy.prepare((actor, actor_optim))
+        rollout = cfg['grpo_prompts'] * cfg['grpo_group']
+        trainer = GRPOTrainer(strategy, actor, GoldReward(tok), initial, actor_optim, kl_coef=cfg['grpo_beta'],
+                              train_batch_size=rollout, eps_clip=0.2, max_epochs=1, group_size=cfg['grpo_group'],
+                              loss_type='grpo', scale_rewards='std', kl_ratio_correction=False, max_norm=1.0,
+                              pad_token_id=tok.pad_token_id, callbacks=[cb], max_new_tokens=cfg['response_len'],
+                              do_sample=True, top_k=None, temperature=1.0, eos_token_id=tok.eos_token_id)
+        orig_generate = actor.generate
+        def timed_generate(*a, **kw):
+            t = time.perf_counter(); out = orig_generate(*a, **kw); clock.gen_s.append(time.perf_counter() - t)
+            return out
+        actor.generate = timed_generate
+        run = lambda: trainer.fit(dl, None, num_episodes=1, max_timesteps=n, update_timesteps=1)
     else:
         from coati_nb.trainer.ppo import PPOTrainer
         Actor, Critic, RM = (family_class('llama', r) for r in ('actor', 'critic', 'rm'))
@@ -272,7 +326,8 @@ def coati_worker(stage: str, work: Path, cfg: dict) -> dict:
         actor.generate = timed_generate
         run = lambda: trainer.fit(dl, None, num_episodes=1, max_timesteps=n, update_timesteps=1)
     with RssPeak() as mem: run()
-    opts = [trainer.actor_optim, trainer.critic_optim] if stage == 'ppo' else [trainer.optimizer]
+    opts = ([trainer.actor_optim, trainer.critic_optim] if stage == 'ppo' else [trainer.actor_optim] if stage == 'grpo'
+            else [trainer.optimizer])
     clock.checks = _optimizer_checks(opts)
     return _result(clock, mem, stage)
 
@@ -335,6 +390,55 @@ def trl_worker(stage: str, work: Path, cfg: dict) -> dict:
                             disable_dropout=True)
         T = _counting(RewardTrainer, lambda b: int(b['attention_mask'].sum()), clock.tokens)
         trainer = T(model=model, args=args, train_dataset=ds, processing_class=tok, callbacks=[cb])
+    elif stage == 'dpo':
+        from trl import DPOConfig, DPOTrainer
+        def split(ids, labels):                                      # coati_nb's sample -> TRL's prompt / answer ids
+            k = int((labels == -100).sum()); ids = ids.tolist()
+            return ids[:k], ids[k:]
+        rows = []
+        for s in samples:
+            p, c = split(s['chosen_input_ids'], s['chosen_labels']); p2, r = split(s['rejected_input_ids'], s['rejected_labels'])
+            if p != p2: raise SystemExit('a DPO pair whose two sides have different prompts')
+            rows.append({'prompt_ids': p, 'chosen_ids': c, 'rejected_ids': r})
+        ds = Dataset.from_list(rows)
+        model, ref = LlamaForCausalLM.from_pretrained(work / 'lm'), LlamaForCausalLM.from_pretrained(work / 'lm')
+        args = DPOConfig(**_common_args(work, cfg, n), learning_rate=cfg['dpo_lr'], beta=cfg['dpo_beta'], loss_type=['sigmoid'],
+                         precompute_ref_log_probs=False, disable_dropout=True)
+        class PreTokenized(DPOTrainer):                              # the samples above are already TRL's columns
+            def _prepare_dataset(self, dataset, *a, **k): return dataset
+        T = _counting(PreTokenized, lambda b: int(b['attention_mask'].sum()), clock.tokens)
+        trainer = T(model=model, ref_model=ref, args=args, train_dataset=ds, processing_class=tok, callbacks=[cb])
+    elif stage == 'grpo':
+        from trl import GRPOConfig, GRPOTrainer
+        from coati_nb.toy_task import gold_reward_terms
+        tok.padding_side = 'left'
+        eos = tok.eos_token_id
+        def gold(prompts, completions, completion_ids, **kw):       # coati_nb's GoldReward, on TRL's texts
+            return [gold_reward_terms(p, c, eos in ids, eos_token=None)['reward'] for p, c, ids in zip(prompts, completions, completion_ids)]
+        ds = Dataset.from_list([{'prompt': tok.decode(s['input_ids'], skip_special_tokens=True)} for s in samples])
+        policy = LlamaForCausalLM.from_pretrained(work / 'lm')
+        rollout = cfg['grpo_prompts'] * cfg['grpo_group']
+        common = {**_common_args(work, cfg, n), 'per_device_train_batch_size': rollout}
+        common.pop('max_length', None)
+        # one rollout of grpo_prompts × grpo_group answers = one optimizer step, as on the coati_nb side
+        args = GRPOConfig(**common, learning_rate=cfg['actor_lr'], num_generations=cfg['grpo_group'], steps_per_generation=1,
+                          num_iterations=1, max_completion_length=cfg['response_len'], temperature=1.0, top_k=0, top_p=1.0,
+                          beta=cfg['grpo_beta'], epsilon=0.2, loss_type='grpo', scale_rewards='group',
+                          use_bias_correction_kl=False, mask_truncated_completions=False, disable_dropout=True,
+                          log_completions=False)
+        orig_generate = policy.generate
+        def counted_generate(*a, **kw):                              # tokens and generation time of each rollout
+            t = time.perf_counter(); out = orig_generate(*a, **kw); clock.gen_s.append(time.perf_counter() - t)
+            seqs = out if torch.is_tensor(out) else out.sequences
+            ids, mask = kw['input_ids'], kw['attention_mask']
+            resp = seqs[:, ids.shape[1]:]
+            is_eos = resp == eos                                    # answer tokens: up to and with the first EOS
+            after = (is_eos.cumsum(1) - is_eos.long()) > 0
+            n_resp = int((~after).sum())
+            clock.tokens.append(int(mask.sum()) + n_resp); clock.extra.append({'response_tokens': n_resp})
+            return out
+        policy.generate = counted_generate
+        trainer = GRPOTrainer(model=policy, reward_funcs=gold, args=args, train_dataset=ds, processing_class=tok, callbacks=[cb])
     else:
         from trl.experimental.ppo import PPOConfig, PPOTrainer
         tok.padding_side = 'left'                                   # TRL's PPO expects left-padded queries
@@ -403,12 +507,13 @@ def worker_main(a):
 
 # ----------------------------------------------------------------------------------------------------------------
 # orchestration and the report
-def _run_worker(python: str, what: str, side: str|None, work: Path) -> dict:
+def _run_worker(python: str, what: str, side: str|None, work: Path, pythonpath: str|None = None) -> dict:
     out = work / f'{what}_{side or "prep"}.json'
     log = work / f'{what}_{side or "prep"}.log'
     cmd = [python, str(Path(__file__).resolve()), '--worker', what, '--workdir', str(work), '--out', str(out)]
     if side: cmd += ['--side', side]
     env = {**os.environ, **THREAD_ENV, **OFFLINE_ENV, 'HF_HOME': str(work / 'hf_home'), 'PYTHONUNBUFFERED': '1'}
+    if pythonpath: env['PYTHONPATH'] = os.pathsep.join([pythonpath] + [x for x in [os.environ.get('PYTHONPATH')] if x])
     t = time.time()
     with open(log, 'w') as f: rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, cwd=str(ROOT)).returncode
     if rc != 0:
@@ -435,6 +540,13 @@ def summarize(stage: str, res: dict, cfg: dict) -> dict:
             s[f'{name}_first'], s[f'{name}_last5'] = (vals[w] if len(vals) > w else float('nan')), _mean(vals[-5:])
         s['response_tokens_per_rollout'] = _mean([e['response_tokens'] for e in res['extra'][w:w + n]])
         s['generate_s_per_update'] = _mean(res['gen_s'][w:w + n])
+    elif stage == 'grpo':                                           # coati_nb's metric name, then TRL's
+        for keys, name in ((('loss/policy_avg', 'loss'), 'policy_loss'), (('objective/scores', 'reward'), 'score'),
+                           (('policy/kl_ref_avg', 'kl'), 'kl')):
+            vals = [next(r[k] for k in keys if k in r) for r in L if any(k in r for k in keys)]
+            s[f'{name}_first'], s[f'{name}_last5'] = (vals[w] if len(vals) > w else float('nan')), _mean(vals[-5:])
+        s['response_tokens_per_rollout'] = _mean([e['response_tokens'] for e in res['extra'][w:w + n]])
+        s['generate_s_per_update'] = _mean(res['gen_s'][w:w + n])
     else:
         vals = [r['loss'] for r in L if 'loss' in r]
         s['loss_first'], s['loss_last5'], s['losses'] = (vals[w] if len(vals) > w else float('nan')), _mean(vals[-5:]), vals
@@ -455,24 +567,29 @@ def report(rows: dict, cfg: dict, prep: dict) -> str:
     out.append('|---|---|---|---|---|---|---|---|---|---|')
     what = {'sft': f"SFT step (batch {cfg['batch_size']})", 'rm': f"RM step (batch {cfg['batch_size']} pairs)",
             'ppo': f"PPO update ({cfg['ppo_rollout']} rollouts × {cfg['response_len']} tok, "
-                   f"{cfg['ppo_epochs']}×{cfg['ppo_rollout'] // cfg['ppo_minibatch']} opt steps)"}
+                   f"{cfg['ppo_epochs']}×{cfg['ppo_rollout'] // cfg['ppo_minibatch']} opt steps)",
+            'dpo': f"DPO step (batch {cfg['batch_size']} pairs, β={cfg['dpo_beta']})",
+            'grpo': f"GRPO update ({cfg['grpo_prompts']} prompts × {cfg['grpo_group']} answers × ≤{cfg['response_len']} tok, "
+                    f"1 opt step, β={cfg['grpo_beta']})"}
     for st, r in rows.items():
         c, t = r['coati'], r['trl']
         if st == 'ppo': lc, lt = (f"pol {x['policy_loss_first']:.3f} → {x['policy_loss_last5']:.3f}, val {x['value_loss_first']:.3f} → {x['value_loss_last5']:.3f}" for x in (c, t))
+        elif st == 'grpo': lc, lt = (f"pol {x['policy_loss_first']:.2e} → {x['policy_loss_last5']:.2e}" for x in (c, t))
         else: lc, lt = (f"{x['loss_first']:.4f} → {x['loss_last5']:.4f}" for x in (c, t))
         out.append(f"| {what[st]} | {c['s_per_step']:.4f} | {t['s_per_step']:.4f} | {t['s_per_step'] / c['s_per_step']:.2f} | "
                    f"{c['tokens_per_s']:.0f} | {t['tokens_per_s']:.0f} | {c['peak_rss_delta_mib']:.1f} | {t['peak_rss_delta_mib']:.1f} | "
                    f"{lc} | {lt} |")
-    if 'ppo' in rows:
-        c, t = rows['ppo']['coati'], rows['ppo']['trl']
-        out += ['', '| PPO (measured updates) | coati_nb | trl |', '|---|---|---|',
-                f"| RM score, first → mean of last 5 | {c['score_first']:.3f} → {c['score_last5']:.3f} | {t['score_first']:.3f} → {t['score_last5']:.3f} |",
+    for st in ('ppo', 'grpo'):
+        if st not in rows: continue
+        c, t = rows[st]['coati'], rows[st]['trl']
+        out += ['', f'| {st.upper()} (measured updates) | coati_nb | trl |', '|---|---|---|',
+                f"| {'RM' if st == 'ppo' else 'gold'} score, first → mean of last 5 | {c['score_first']:.3f} → {c['score_last5']:.3f} | {t['score_first']:.3f} → {t['score_last5']:.3f} |",
                 f"| KL to the reference, first → last 5 | {c['kl_first']:.4f} → {c['kl_last5']:.4f} | {t['kl_first']:.4f} → {t['kl_last5']:.4f} |",
                 f"| response tokens per rollout | {c['response_tokens_per_rollout']:.0f} | {t['response_tokens_per_rollout']:.0f} |",
                 f"| of the s/update: sampling the responses (`generate`) | {c['generate_s_per_update']:.3f} | {t['generate_s_per_update']:.3f} |",
                 f"| of the s/update: everything else (scoring, advantages, optimisation, logging) | "
                 f"{c['s_per_step'] - c['generate_s_per_update']:.3f} | {t['s_per_step'] - t['generate_s_per_update']:.3f} |"]
-    for st in ('sft', 'rm'):
+    for st in ('sft', 'rm', 'dpo'):
         if st in rows:
             same = rows[st]['coati']['tokens_all'] == rows[st]['trl']['tokens_all']
             out.append(f"\n{st}: both sides saw {'the same' if same else 'DIFFERENT'} batches (real tokens per step "
@@ -492,7 +609,10 @@ def main(argv=None):
     p.add_argument('--setup', action='store_true', help=f'create / top up the TRL venv ({TRL_VENV.relative_to(ROOT)}) and exit')
     p.add_argument('--trl-python', default=str(TRL_VENV / 'bin' / 'python'), help='interpreter of the TRL venv')
     p.add_argument('--coati-python', default=_default_coati_python(), help="interpreter of the project's venv")
-    p.add_argument('--stages', default=','.join(STAGES), help='comma-separated subset of sft,rm,ppo')
+    p.add_argument('--trl-dir', help='instead of the TRL venv: TRL unpacked without dependencies into this folder '
+                                     '(`pip install --no-deps --target`, e.g. .venv/trl-1.12.0 from benchmarks/trl_losses.py '
+                                     "--setup), run by the project's interpreter: the very same torch and transformers")
+    p.add_argument('--stages', default=','.join(STAGES), help=f"comma-separated subset of {','.join(STAGES)}")
     p.add_argument('--steps', type=int, default=20, help='measured steps (PPO: updates) per stage and side')
     p.add_argument('--warmup', type=int, default=3, help='steps run first and left out of the figures')
     p.add_argument('--repeats', type=int, default=1,
@@ -509,6 +629,10 @@ def main(argv=None):
     p.add_argument('--response-len', type=int, default=16, help='max new tokens per response')
     p.add_argument('--actor-lr', type=float, default=2e-5); p.add_argument('--critic-lr', type=float, default=1e-4)
     p.add_argument('--kl-coef', type=float, default=0.05)
+    p.add_argument('--dpo-lr', type=float, default=5e-4); p.add_argument('--dpo-beta', type=float, default=0.1)
+    p.add_argument('--grpo-prompts', type=int, default=8, help='prompts per GRPO rollout (one update, one optimizer step)')
+    p.add_argument('--grpo-group', type=int, default=4, help='answers per prompt (G)')
+    p.add_argument('--grpo-beta', type=float, default=0.04, help='weight of the k3 KL term in the GRPO loss')
     p.add_argument('--trl-sft-loss', default='nll', choices=['nll', 'chunked_nll'],
                    help="TRL SFT loss_type: 'nll' is the same computation as coati_nb; 'chunked_nll' is TRL 1.12's default")
     p.add_argument('--json', metavar='OUT', help='also write every figure as JSON to OUT')
@@ -518,8 +642,14 @@ def main(argv=None):
     a = p.parse_args(argv)
     if a.worker: return worker_main(a)
     if a.setup: setup_trl_venv(TRL_VENV, a.coati_python); return
+    trl_path = None
+    if a.trl_dir:                                                # TRL unpacked beside the project's own packages
+        if not (Path(a.trl_dir) / 'trl' / '__init__.py').is_file():
+            raise SystemExit(f'no TRL in {a.trl_dir}; make it with: python benchmarks/trl_losses.py --setup --trl-dir {a.trl_dir}')
+        a.trl_python, trl_path = a.coati_python, str(Path(a.trl_dir).resolve())
     if not Path(a.trl_python).exists():
-        raise SystemExit(f'no TRL interpreter at {a.trl_python}; make the venv with: python {Path(__file__).name} --setup')
+        raise SystemExit(f'no TRL interpreter at {a.trl_python}; make the venv with: python {Path(__file__).name} --setup '
+                         f'(or use --trl-dir)')
     stages = [s.strip() for s in a.stages.split(',') if s.strip()]
     bad = [s for s in stages if s not in STAGES]
     if bad: raise SystemExit(f'unknown stages {bad}; choose from {STAGES}')
@@ -528,7 +658,8 @@ def main(argv=None):
     if vc != vt: print(f'WARNING: torch / transformers differ between the venvs: coati_nb {vc}, TRL {vt}', file=sys.stderr)
     cfg = {k: getattr(a, k) for k in ('seed', 'hidden', 'layers', 'heads', 'max_len', 'batch_size', 'sft_lr', 'rm_lr',
                                       'ppo_rollout', 'ppo_minibatch', 'ppo_epochs', 'response_len', 'actor_lr',
-                                      'critic_lr', 'kl_coef', 'steps', 'warmup', 'trl_sft_loss')}
+                                      'critic_lr', 'kl_coef', 'steps', 'warmup', 'trl_sft_loss', 'dpo_lr', 'dpo_beta',
+                                      'grpo_prompts', 'grpo_group', 'grpo_beta')}
     work = Path(tempfile.mkdtemp(prefix='trl_compare_'))
     try:
         (work / 'config.json').write_text(json.dumps(cfg))
@@ -540,7 +671,8 @@ def main(argv=None):
             for r in range(a.repeats):                           # alternate which side goes first
                 for side in (SIDES if r % 2 == 0 else SIDES[::-1]):
                     print(f'[{time.time() - t0:6.1f}s] {st} / {side} ({r + 1}/{a.repeats}) ...', file=sys.stderr, flush=True)
-                    res = _run_worker(a.coati_python if side == 'coati' else a.trl_python, st, side, work)
+                    res = (_run_worker(a.coati_python, st, side, work) if side == 'coati' else
+                           _run_worker(a.trl_python, st, side, work, trl_path))
                     runs[side].append(summarize(st, res, cfg))
             rows[st] = {}
             for side, ss in runs.items():                        # the fastest repeat (least disturbed by other load)
