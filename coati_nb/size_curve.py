@@ -29,6 +29,7 @@ def _number(text: str, kind: str):
     if kind == 'int': return int(text)
     if kind == 'float': return float(text)
     if kind == 'int|None': return None if text == 'None' else int(text)
+    if kind == 'str': return text
     raise ValueError(f"a field of type {kind} cannot be set from the grid")
 
 def config_of(over: dict) -> PipelineConfig:
@@ -138,9 +139,10 @@ def write_records(path: Path, records: list[dict]):
 
 def size_table(records: list[dict]) -> str:
     "One line per record: the point, parameters, PT+SFT CPU and wall minutes, exact / C-mean correctness, gold reward."
-    lines = [f"{'point':<30}{'params':>9}{'cpu min':>9}{'wall min':>9}{'threads':>8}{'exact':>7}{'C mean':>8}{'gold':>8}"]
+    w = max([len(r['key']) for r in records] + [5]) + 2
+    lines = [f"{'point':<{w}}{'params':>9}{'cpu min':>9}{'wall min':>9}{'threads':>8}{'exact':>7}{'C mean':>8}{'gold':>8}"]
     for r in sorted(records, key=lambda r: (r['parameters'], r['cpu_s'])):
-        lines.append(f"{r['key']:<30}{r['parameters'] / 1e6:>8.2f}M{r['cpu_s'] / 60:>9.1f}{r['wall_s'] / 60:>9.1f}{r['torch_threads']:>8}"
+        lines.append(f"{r['key']:<{w}}{r['parameters'] / 1e6:>8.2f}M{r['cpu_s'] / 60:>9.1f}{r['wall_s'] / 60:>9.1f}{r['torch_threads']:>8}"
                      f"{r['greedy_exact']:>7.3f}{r['greedy_correct']:>8.3f}{r['greedy_gold_reward']:>+8.3f}")
     return '\n'.join(lines)
 
