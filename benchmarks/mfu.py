@@ -85,10 +85,11 @@ def sft_throughput(model, batches: list[dict], warmup: int, cfg: dict, n_non_emb
             'step_times': timer.times}
 
 
-def _ints(s: str, flag: str) -> list[int]:
+def _ints(p: argparse.ArgumentParser, s: str, flag: str) -> list[int]:
+    "Comma-separated integers >= 1, or the parser's error naming `flag`."
     try: xs = [int(x) for x in s.split(',') if x.strip()]
-    except ValueError: raise SystemExit(f"{flag} must be comma-separated integers, got {s!r}")
-    if not xs or min(xs) < 1: raise SystemExit(f"{flag} must list integers >= 1, got {s!r}")
+    except ValueError: p.error(f"{flag} must be comma-separated integers, got {s!r}")
+    if not xs or min(xs) < 1: p.error(f"{flag} must list integers >= 1, got {s!r}")
     return xs
 
 
@@ -97,7 +98,8 @@ def _load() -> str:
     except OSError: return 'n/a'
 
 
-if __name__ == '__main__':
+def parse_args(argv=None) -> argparse.Namespace:
+    "The checked command line; the lists `threads`, `matmul_sizes` and `small` are parsed (an error names the flag)."
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--hidden', type=int, default=512, help='width of the large model')
     p.add_argument('--layers', type=int, default=7, help='layers of the large model')
@@ -111,13 +113,21 @@ if __name__ == '__main__':
     p.add_argument('--matmul-sizes', type=str, default='256,512,1024,2048', help='n of the n×n matmuls of the peak')
     p.add_argument('--repeats', type=int, default=5, help='runs per matmul size (the best is kept)')
     p.add_argument('--json', type=str, default=None, help='write the results here')
-    a = p.parse_args()
-    threads, sizes = _ints(a.threads, '--threads'), _ints(a.matmul_sizes, '--matmul-sizes')
-    small = _ints(a.small, '--small')
-    if len(small) != 3: p.error(f"--small must be hidden,layers,heads, got {a.small!r}")
+    a = p.parse_args(argv)
+    a.threads, a.matmul_sizes = _ints(p, a.threads, '--threads'), _ints(p, a.matmul_sizes, '--matmul-sizes')
+    a.small = _ints(p, a.small, '--small')
+    if len(a.small) != 3: p.error(f"--small must be hidden,layers,heads, got {a.small}")
     for k in ('hidden', 'layers', 'heads', 'max_len', 'batch_size', 'steps', 'repeats'):
         if getattr(a, k) < 1: p.error(f"--{k.replace('_', '-')} must be >= 1, got {getattr(a, k)}")
     if a.warmup < 0: p.error(f"--warmup must be >= 0, got {a.warmup}")
+    for name, (h, nh) in {'--hidden/--heads': (a.hidden, a.heads), '--small': (a.small[0], a.small[2])}.items():
+        if h % nh: p.error(f"{name}: hidden size {h} is not divisible by {nh} heads")
+    return a
+
+
+def main(argv=None):
+    a = parse_args(argv)
+    threads, sizes, small = a.threads, a.matmul_sizes, a.small
     transformers.utils.logging.set_verbosity_error()
     tok = load_tokenizer()
     ds = SupervisedDataset(toy_data_path('sft'), tok, max_length=a.max_len)
@@ -125,7 +135,7 @@ if __name__ == '__main__':
     it, batches = iter(dl), []
     for _ in range(a.warmup + a.steps):
         try: batches.append(next(it))
-        except StopIteration: p.error(f"the SFT data has fewer than {a.warmup + a.steps} batches of {a.batch_size}")
+        except StopIteration: raise SystemExit(f"--steps + --warmup: the SFT data has fewer than {a.warmup + a.steps} batches of {a.batch_size}")
     models = {'large': dict(hidden=a.hidden, layers=a.layers, heads=a.heads),
               'demo': dict(hidden=small[0], layers=small[1], heads=small[2])}
     load_before = _load()
@@ -174,3 +184,6 @@ if __name__ == '__main__':
     print(f"real (non-pad) share of the counted positions: {res['models']['large']['runs'][threads[0]]['real_token_share']:.2f}")
     if a.json:
         with atomic_write(Path(a.json)) as f: f.write_text(json.dumps(res, indent=1))
+
+
+if __name__ == '__main__': main()

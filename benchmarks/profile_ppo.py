@@ -12,10 +12,13 @@ and one on the token embeddings of the PTX forward (the last activation of that 
 nodes with the higher sequence number first, so the PTX branch (built after the policy forward) runs as one block; the
 script checks that its end comes before the policy branch's end and says so if not.
 
-Models are randomly initialised (no training): a random actor rarely emits EOS, so nearly every response runs to
-`max_new_tokens` — the longest, slowest case.
+Models are randomly initialised (no training). How soon a random actor samples EOS depends on its initialisation, so
+with the demo's `min_new_tokens=1` the two sizes would decode different numbers of tokens; by default EOS is therefore
+held back until `max_new_tokens` (`--min-new-tokens` = `--max-new-tokens`): every response has the full length in both
+sizes, the demo's longest case. `--min-new-tokens 1` gives the demo's setting.
     python benchmarks/profile_ppo.py [--updates 5 --warmup 1 --threads N --json OUT]"""
 import argparse, json, os, statistics, sys, tempfile, time
+from dataclasses import fields
 from pathlib import Path
 
 import torch
@@ -156,7 +159,8 @@ def profile_size(overrides: dict, a, tok) -> dict:
     "Run warm-up + measured updates of PPO at one size; the median seconds of every part and of the whole update."
     with tempfile.TemporaryDirectory() as d:
         knobs = dict(experience_batch_size=a.experience_batch_size, train_batch_size=a.train_batch_size,
-                     ppo_epochs=a.ppo_epochs, max_new_tokens=a.max_new_tokens, update_timesteps=a.update_timesteps)
+                     ppo_epochs=a.ppo_epochs, max_new_tokens=a.max_new_tokens, update_timesteps=a.update_timesteps,
+                     min_new_tokens=a.min_new_tokens)
         cfg = PipelineConfig(**{**overrides, **knobs, 'out': d, 'num_episodes': 1, 'save_interval': 0,
                                 'max_timesteps': a.update_timesteps * (a.warmup + a.updates)})
         sft, rm = _random_models(cfg, tok, Path(d))
@@ -193,7 +197,7 @@ def print_table(res: dict):
               f"{res['sizes'][n]['parameters']:,} parameters per model")
     st = res['settings']
     print(f"one update = {st['update_timesteps']} rollouts × {st['experience_batch_size']} prompts, max_new_tokens "
-          f"{st['max_new_tokens']}, {st['ppo_epochs']} epochs of batches of {st['train_batch_size']}, PTX on; "
+          f"{st['max_new_tokens']}, min_new_tokens {st['min_new_tokens']}, {st['ppo_epochs']} epochs of batches of {st['train_batch_size']}, PTX on; "
           f"median of {st['updates']} updates after {st['warmup']} warm-up")
     w = max(map(len, ROWS + ('whole update (measured)',))) + 1
     print(f"{'part':{w}s} {names[0] + ' s':>11s} {'%':>6s} {names[1] + ' s':>11s} {'%':>6s} {'ratio ' + names[1] + '/' + names[0]:>18s}")
@@ -212,7 +216,8 @@ def print_table(res: dict):
         for m in s['warnings']: print(f"warning ({n}): {m}")
 
 
-if __name__ == '__main__':
+def parse_args(argv=None) -> argparse.Namespace:
+    "The checked command line; `sizes` and `preset_source` are added (an error names the flag)."
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--updates', type=int, default=5, help='measured updates (the median is reported)')
     p.add_argument('--warmup', type=int, default=1, help='updates run first and dropped')
@@ -221,38 +226,57 @@ if __name__ == '__main__':
     p.add_argument('--train-batch-size', type=int, default=16)
     p.add_argument('--ppo-epochs', type=int, default=2)
     p.add_argument('--max-new-tokens', type=int, default=16)
+    p.add_argument('--min-new-tokens', type=int, default=None,
+                   help='no EOS before this many tokens (default: --max-new-tokens, full-length responses; the demo: 1)')
     p.add_argument('--update-timesteps', type=int, default=2)
     p.add_argument('--sizes', type=str, default=None,
                    help='JSON {name: {PipelineConfig field: value}} with exactly two sizes (default: the demo and SIZE_PRESETS["small"])')
     p.add_argument('--json', type=str, default=None, help='write the results here')
-    a = p.parse_args()
+    a = p.parse_args(argv)
     for k in ('updates', 'experience_batch_size', 'train_batch_size', 'ppo_epochs', 'max_new_tokens', 'update_timesteps'):
         if getattr(a, k) < 1: p.error(f"--{k.replace('_', '-')} must be >= 1, got {getattr(a, k)}")
+    if a.min_new_tokens is None: a.min_new_tokens = a.max_new_tokens
+    if not 0 <= a.min_new_tokens <= a.max_new_tokens:
+        p.error(f"--min-new-tokens must be in [0, --max-new-tokens={a.max_new_tokens}], got {a.min_new_tokens}")
     if a.warmup < 0: p.error(f"--warmup must be >= 0, got {a.warmup}")
     if a.threads is not None:
         if a.threads < 1: p.error(f"--threads must be >= 1, got {a.threads}")
-        torch.set_num_threads(a.threads)
     if a.sizes is not None:
         try: sizes = json.loads(a.sizes)
         except json.JSONDecodeError as e: p.error(f"--sizes is not valid JSON: {e}")
         if not isinstance(sizes, dict) or len(sizes) != 2 or not all(isinstance(v, dict) for v in sizes.values()):
             p.error('--sizes must be a JSON object of exactly two {name: {field: value}} entries')
+        known = {f.name for f in fields(PipelineConfig)}
+        for name, ov in sizes.items():
+            bad = sorted(set(ov) - known)
+            if bad: p.error(f"--sizes[{name!r}]: {bad} are not PipelineConfig fields")
         source = 'given by --sizes'
     else:
+        if 'small' not in SIZE_PRESETS: p.error(f"{PRESET_SOURCE} has no 'small' entry (it has {sorted(SIZE_PRESETS)}); give --sizes")
         small = SIZE_PRESETS['small']
         ignored = sorted(set(small) - set(SHAPE_FIELDS))
         sizes = {'default': {}, 'small': {k: v for k, v in small.items() if k in SHAPE_FIELDS}}
         source = PRESET_SOURCE + (f"; model-shape fields only, ignored here: {ignored}" if ignored else '')
+    a.sizes, a.preset_source = sizes, source
+    return a
+
+
+def main(argv=None):
+    a = parse_args(argv)
+    if a.threads is not None: torch.set_num_threads(a.threads)
     transformers.utils.logging.set_verbosity_error()      # no load reports between the tables
     tok = load_tokenizer()
     load_before = _load()
-    results = {name: profile_size(ov, a, tok) for name, ov in sizes.items()}
+    results = {name: profile_size(ov, a, tok) for name, ov in a.sizes.items()}
     res = {'machine': {'cpus': os.cpu_count(), 'torch_threads': torch.get_num_threads(), 'torch': torch.__version__,
                        'load_before': load_before, 'load_after': _load()},
-           'preset_source': source,
+           'preset_source': a.preset_source,
            'settings': {k: getattr(a, k) for k in ('updates', 'warmup', 'experience_batch_size', 'train_batch_size',
-                                                   'ppo_epochs', 'max_new_tokens', 'update_timesteps')} | {'ptx': True, 'ppo_preset': 'corrected'},
+                                                   'ppo_epochs', 'max_new_tokens', 'min_new_tokens', 'update_timesteps')} | {'ptx': True, 'ppo_preset': 'corrected'},
            'rows': list(ROWS), 'sizes': results}
     print_table(res)
     if a.json:
         with atomic_write(Path(a.json)) as f: f.write_text(json.dumps(res, indent=1))
+
+
+if __name__ == '__main__': main()
