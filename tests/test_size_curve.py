@@ -39,9 +39,15 @@ def test_size_curve_records_and_resume(tmp_path):
 
 
 def test_size_curve_bad_grid_entry(tmp_path):
-    for bad, says in [('128,4,x,2,2', 'num_heads'), ('128,4,4', 'HIDDEN,LAYERS'), ('100,4,3,2,2', 'not divisible'),
-                      ('128,4,4,2,2,lr_typo=1', "'lr_typo=1'"), ('128,4,4,2,0', 'sft_epochs')]:
-        r = _run('--grid', '32,1,2,0,1', bad, '--out', str(tmp_path/'x.json'), cwd=tmp_path)
-        assert r.returncode == 2, (bad, r.stderr)
-        assert f'--grid entry {bad!r}' in r.stderr and says in r.stderr, (bad, r.stderr)
+    r = _run('--grid', '32,1,2,0,1', '128,4,x,2,2', '--out', str(tmp_path/'x.json'), cwd=tmp_path)
+    assert r.returncode == 2 and "--grid entry '128,4,x,2,2': num_heads must be an integer" in r.stderr, r.stderr
     assert not (tmp_path/'x.json').exists()                     # refused before any run
+
+
+def test_parse_point_names_the_bad_entry():
+    import pytest
+    from coati_nb.size_curve import parse_point
+    for bad, says in [('128,4,4', 'HIDDEN,LAYERS'), ('100,4,3,2,2', 'not divisible'), ('128,4,4,2,2,lr_typo=1', "'lr_typo=1'"),
+                      ('128,4,4,2,0', 'sft_epochs'), ('128,4,4,2,2,sft_lr=fast', "sft_lr='fast'"), ('0,4,4,2,2', '>= 1')]:
+        with pytest.raises(ValueError) as e: parse_point(bad)
+        assert f'--grid entry {bad!r}' in str(e.value) and says in str(e.value), (bad, str(e.value))
