@@ -22,7 +22,7 @@ from .trainer.base import Callback, SLTrainer, Trainer, latest_checkpoint, load_
 from .trainer.ppo import (PPOTrainer, _capture_logits, _check_ppo_options, _ratio_stats, _unwrap, policy_entropy)
 from .loss import GPTLMLoss
 from .trainer.sft import lm_logits
-from .utils import masked_mean, masked_sum, module_device
+from .utils import log_probs_from_logits, masked_mean, masked_sum, module_device
 
 # %% auto #0
 __all__ = ['REWARD_SOURCES', 'DEGENERATE_KINDS', 'LOSS_TYPES', 'ALGORITHMS', 'DPO_LOSS_TYPES', 'GoldReward', 'MixedReward',
@@ -178,6 +178,7 @@ def policy_gradient_loss(log_probs: torch.Tensor,     # (B, A) log π_θ of the 
                          loss_type: str = 'grpo',     # how the per-token losses are averaged, see LOSS_TYPES
                          max_new_tokens: int|None = None, # dr_grpo's constant (default: A)
                          kl_ratio_correction: bool = False, # multiply the k3 term by the ratio (TRL 1.12's GRPO default)
+                         kl_log_probs: torch.Tensor|None = None, # (B, A) log π_θ for the KL term if not log_probs (unprocessed)
                         ) -> tuple[torch.Tensor, dict]:
     "The clipped policy-gradient loss of GRPO / RLOO / ReMax with an optional k3 KL term; (loss, stats)."
     if loss_type not in LOSS_TYPES: raise ValueError(f"loss_type must be one of {LOSS_TYPES}, got {loss_type!r}")
@@ -198,7 +199,7 @@ def policy_gradient_loss(log_probs: torch.Tensor,     # (B, A) log π_θ of the 
     per_token = -torch.min(surr1, surr2)                                                    # (B, A)
     kl = None
     if ref_log_probs is not None:
-        d = (ref_log_probs - log_probs).masked_fill(~m, 0.0)
+        d = (ref_log_probs - (log_probs if kl_log_probs is None else kl_log_probs)).masked_fill(~m, 0.0)
         kl = torch.expm1(d) - d                                                             # k3 per token
         if kl_ratio_correction: kl = kl * ratio
         if beta > 0: per_token = per_token + beta * kl
@@ -255,10 +256,11 @@ def _make(self: GroupExperienceMaker, input_ids, attention_mask, gen) -> Experie
     sequences, am, action_mask = self.actor.generate(ids, attention_mask=am0, **gen)[:3]
     A, m = action_mask.size(1), action_mask.bool()
     sk = sampling_kwargs(gen) if self.use_sampling_logprobs else {}
-    old = self.actor(sequences, A, am, **sk).masked_fill(~m, 0.0)                        # (B, A)
-    ref = self.initial_model(sequences, A, am, **sk).masked_fill(~m, 0.0)                # (B, A)
+    raw = self.actor(sequences, A, am).masked_fill(~m, 0.0)                              # (B, A) log π, for the KL
+    old = self.actor(sequences, A, am, **sk).masked_fill(~m, 0.0) if sk else raw         # the ratio's denominator
+    ref = self.initial_model(sequences, A, am).masked_fill(~m, 0.0)                      # (B, A) log π_ref
     score = self.reward_model(sequences, am).float()                                    # (B,)
-    kl_tok = approx_kl_per_token(old, ref, m, 'k1')                                      # log π_old − log π_ref
+    kl_tok = approx_kl_per_token(raw, ref, m, 'k1')                                      # log π − log π_ref
     reward = score - self.kl_coef * masked_sum(kl_tok, m) if self.kl_in == 'reward' else score
     if self.algorithm == 'grpo': adv = group_advantages(reward, n, 'mean', self.scale_rewards)
     elif self.algorithm == 'rloo': adv = group_advantages(reward, n, 'loo', 'none')
@@ -270,11 +272,11 @@ def _make(self: GroupExperienceMaker, input_ids, attention_mask, gen) -> Experie
     eos = gen.get('eos_token_id')
     has_eos = ((sequences[:, -A:] == eos) & m).any(1) if eos is not None else None
     info = {'objective/scores': score, 'objective/rlhf_reward': reward, 'objective/non_score_reward': reward - score,
-            'objective/kl': masked_sum(kl_tok, m), 'objective/kl_k3': masked_sum(approx_kl_per_token(old, ref, m, 'k3'), m),
-            'objective/entropy': -masked_sum(old, m), 'tokens/responses_len_mean': m.sum(1).float(),
+            'objective/kl': masked_sum(kl_tok, m), 'objective/kl_k3': masked_sum(approx_kl_per_token(raw, ref, m, 'k3'), m),
+            'objective/entropy': -masked_sum(raw, m), 'tokens/responses_len_mean': m.sum(1).float(),
             'val/advantage_abs_mean': adv.abs()}
     if n > 1: info['val/zero_std_frac'] = (reward.view(-1, n).std(1) == 0).float().repeat_interleave(n)
-    if self.algorithm == 'remax': info['objective/baseline_scores'] = base
+    if self.algorithm == 'remax': info.update({'objective/baseline_scores': base, 'tokens/baseline_len': g[2].sum(1).float()})
     if has_eos is not None: info['val/num_eos_tokens'] = has_eos.long()
     return Experience(sequences, old, torch.zeros_like(score), reward, adv, am, action_mask,
                       returns=None, base_action_log_probs=ref, info=info)
@@ -338,8 +340,11 @@ def _training_step(self: GRPOTrainer, experience: Experience) -> dict:
     with _capture_logits(_unwrap(self.strategy, self.actor)) as seen:
         log_probs = self.actor(experience.sequences, A, experience.attention_mask, **sk)     # (B, A)
     in_loss = self.experience_maker.kl_in == 'loss'
+    raw = None                                                   # unprocessed log π for the KL term: from the same logits
+    if in_loss and sk: raw = log_probs_from_logits(seen['logits'][:, -(A + 1):-1], experience.sequences[:, -A:]) if 'logits' in seen \
+                             else self.actor(experience.sequences, A, experience.attention_mask)
     loss, st = policy_gradient_loss(log_probs, experience.action_log_probs, experience.advantages, m,
-                                    experience.base_action_log_probs if in_loss else None, beta=self.kl_coef if in_loss else 0.0,
+                                    experience.base_action_log_probs if in_loss else None, kl_log_probs=raw, beta=self.kl_coef if in_loss else 0.0,
                                     eps_clip=self.eps_clip, eps_clip_high=self.eps_clip_high, loss_type=self.loss_type,
                                     max_new_tokens=self.generate_kwargs.get('max_new_tokens'),
                                     kl_ratio_correction=self.kl_ratio_correction)

@@ -25,12 +25,13 @@ from .trainer.base import check_finite_weights, read_metrics
 from .trainer.ppo import PPO_PRESETS, PPOTrainer, ppo_preset
 from .trainer.rm import RewardModelTrainer
 from .trainer.sft import SFTTrainer
+from .algorithms import REWARD_SOURCES, PreferencePairs, degenerate_pairs, reward_source
 from .utils import atomic_write, count_parameters, set_seed
 
 # %% auto #0
-__all__ = ['NOISE_KINDS', 'PipelineConfig', 'TextDataset', 'noisy_demonstrations', 'tiny_llama_config', 'run_pt', 'run_sft',
-           'rm_folder', 'run_rm', 'answer', 'gold_eval', 'paired_interval', 'run_ppo', 'run_pipeline', 'run_ablation',
-           'plot_metrics', 'write_rollouts', 'write_report']
+__all__ = ['SIZE_PRESETS', 'NOISE_KINDS', 'PipelineConfig', 'TextDataset', 'noisy_demonstrations', 'tiny_llama_config', 'run_pt',
+           'run_sft', 'rm_folder', 'run_rm', 'answer', 'gold_eval', 'paired_interval', 'run_ppo', 'run_pipeline',
+           'run_ablation', 'plot_metrics', 'write_rollouts', 'write_report']
 
 # %% ../nbs/14_pipeline.ipynb #fc8dd58f
 @dataclass
@@ -38,6 +39,7 @@ class _StageKnobs:
     "The knobs of the model and of the first three stages (PT, SFT, RM); `PipelineConfig` adds PPO and the evaluation."
     out: str = 'runs/demo'           # output folder: checkpoints, metrics, plots, report
     seed: int = 0                    # seed of every stage
+    size: str = 'default'            # model-size preset (SIZE_PRESETS): fills the fields below that keep their defaults
     # the tiny LLaMA
     hidden_size: int = 128           # model width
     num_layers: int = 4              # transformer blocks
@@ -57,7 +59,9 @@ class _StageKnobs:
     rm_epochs: int = 3               # passes over data/toy/rm_pairs.jsonl
     rm_lr: float = 3e-4              # learning rate
     rm_batch_size: int = 32          # pairs per step
+    rm_max_samples: int|None = None  # use only the first N preference pairs (RM, DPO; None: all)
     loss_fn: str = 'log_sig'         # 'log_sig' or 'log_exp'
+    rm_degenerate: float = 0.0       # add a degenerate-answer pair (11b §2) for this share of the RM's training pairs
 
 # %% ../nbs/14_pipeline.ipynb #a7aa7316
 @dataclass
@@ -74,6 +78,8 @@ class PipelineConfig(_StageKnobs):
     actor_lr: float = 5e-5           # actor learning rate
     critic_lr: float = 1e-4          # critic learning rate
     kl_coef: float = 0.2             # β of the KL penalty
+    reward_source: str = 'rm'        # 'rm' (the reward model), 'gold' (the verifiable reward) or 'mix' (rm + gold_weight·gold)
+    gold_weight: float = 1.0         # weight of the gold reward in 'mix'
     ptx_coef: float|None = None      # weight of the PTX loss on the SFT data (None: the preset's; 0: off)
     max_new_tokens: int = 16         # response length limit
     min_new_tokens: int = 1          # no EOS before this many tokens: rules out the empty answer (see 04_generation)
@@ -85,11 +91,33 @@ class PipelineConfig(_StageKnobs):
     resume: bool = False             # continue an interrupted PPO stage from its last checkpoint
     save_interval: int = 1           # PPO checkpoint every this many updates
 
-    def __post_init__(self): _check_config(self)
+    # the ladder (14b_ladder): the critic-free algorithms and DPO
+    group_size: int = 4              # answers per prompt of GRPO / RLOO (their prompts per rollout: experience_batch_size / group_size)
+    dpo_beta: float = 0.1            # β of DPO / IPO
+    dpo_lr: float = 1e-4             # DPO / IPO learning rate
+    dpo_epochs: int = 1              # passes of DPO / IPO over data/toy/rm_pairs.jsonl
+
+    def __post_init__(self): _apply_size(self); _check_config(self)
 
 # %% ../nbs/14_pipeline.ipynb #11e63981
+SIZE_PRESETS = {   # name -> the fields it sets (those still at their defaults); chosen by 14a_model_size's measured curve
+    'default': {},
+    'small': dict(hidden_size=256, num_layers=4, num_heads=8, sft_epochs=6),
+}
+
+def _apply_size(cfg: PipelineConfig):
+    "Fill the fields of cfg's size preset that the caller left at their defaults (an explicit value wins)."
+    if cfg.size not in SIZE_PRESETS: raise ValueError(f"size must be one of {list(SIZE_PRESETS)}, got {cfg.size!r}")
+    default = {f.name: f.default for f in fields(cfg)}
+    for k, v in SIZE_PRESETS[cfg.size].items():
+        if getattr(cfg, k) == default[k]: setattr(cfg, k, v)
+
 def _check_config(cfg: PipelineConfig):
     "Refuse a PipelineConfig no run can use, naming the field."
+    if cfg.reward_source not in REWARD_SOURCES: raise ValueError(f"reward_source must be one of {REWARD_SOURCES}, got {cfg.reward_source!r}")
+    if not 0 <= cfg.rm_degenerate <= 1: raise ValueError(f"PipelineConfig.rm_degenerate must be in [0, 1], got {cfg.rm_degenerate}")
+    if cfg.group_size < 2 or cfg.experience_batch_size % cfg.group_size:
+        raise ValueError(f"group_size={cfg.group_size} must be >= 2 and divide experience_batch_size={cfg.experience_batch_size}")
     if cfg.ppo_preset not in PPO_PRESETS: raise ValueError(f"ppo_preset must be one of {list(PPO_PRESETS)}, got {cfg.ppo_preset!r}")
     if cfg.ptx_coef is not None and not 0 <= cfg.ptx_coef < float('inf'):
         raise ValueError(f"PipelineConfig.ptx_coef must be a finite number >= 0 or None, got {cfg.ptx_coef}")
@@ -100,7 +128,7 @@ def _check_config(cfg: PipelineConfig):
         if f.type in ('int', 'float') and not isinstance(v, bool) and isinstance(v, (int, float)) and v < 0:
             raise ValueError(f"PipelineConfig.{f.name} must be >= 0, got {v}")
     for name in ('num_episodes', 'max_timesteps', 'update_timesteps', 'experience_batch_size', 'train_batch_size',
-                 'ppo_epochs', 'max_new_tokens', 'eval_batch_size', 'max_len', 'sft_epochs', 'rm_epochs'):
+                 'ppo_epochs', 'max_new_tokens', 'eval_batch_size', 'max_len', 'sft_epochs', 'rm_epochs', 'dpo_epochs'):
         if getattr(cfg, name) < 1: raise ValueError(f"PipelineConfig.{name} must be >= 1, got {getattr(cfg, name)}")
     if not 0 <= cfg.sft_noise < 1: raise ValueError(f"PipelineConfig.sft_noise must be in [0, 1), got {cfg.sft_noise}")
     if cfg.experience_batch_size * cfg.update_timesteps < cfg.train_batch_size:
@@ -226,21 +254,27 @@ def rm_folder(pooling: str) -> str:
 
 def run_rm(cfg: PipelineConfig, tokenizer, out: Path, pretrained: Path, strategy=None,
            pooling: str = 'last',  # the head's pooling: 'last' (corrected) or 'mean' (ColossalChat); saved with the model
+           name: str|None = None,  # the folder (default: rm_folder(pooling))
           ) -> tuple[Path, dict]:
     "2. Train the reward model from the SFT model on the preference pairs; returns the folder and the held-out metrics."
     strategy = strategy or NaiveStrategy(seed=cfg.seed); set_seed(cfg.seed)
     rm = family_class('llama', 'rm')(pretrained=pretrained, pooling=pooling)
-    train = RmStaticDataset(toy_data_path('rm_pairs'), tokenizer, cfg.max_len)
+    rows = read_rows(toy_data_path('rm_pairs'), max_datasets_size=cfg.rm_max_samples)
+    train = RmStaticDataset(rows, tokenizer, cfg.max_len)
+    if cfg.rm_degenerate > 0:                              # 11b §2: the degenerate answers PPO finds, on the rejected side
+        train = torch.utils.data.ConcatDataset([train, PreferencePairs(degenerate_pairs(rows[:round(cfg.rm_degenerate * len(rows))]),
+                                                                       tokenizer, cfg.max_len)])
     held_out = RmStaticDataset(toy_data_path('rm_eval_pairs'), tokenizer, cfg.max_len)
     collate = DataCollatorForPreferenceDataset(tokenizer)
     opt = torch.optim.AdamW(rm.parameters(), lr=cfg.rm_lr, weight_decay=0.0)
     n_steps = cfg.rm_epochs * math.ceil(len(train) / cfg.rm_batch_size)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.rm_lr, total_steps=n_steps, pct_start=0.1)
     t = RewardModelTrainer(rm, strategy, opt, sched, loss_fn=cfg.loss_fn, max_epochs=cfg.rm_epochs, max_norm=1.0,
-                           metrics_path=out/'metrics'/f'{rm_folder(pooling)}.jsonl')
+                           metrics_path=out/'metrics'/f'{name or rm_folder(pooling)}.jsonl')
     t.fit(_loader(strategy, train, cfg.rm_batch_size, collate), eval_dataloader=_loader(strategy, held_out, 64, collate, False))
     ev = t.evaluate(_loader(strategy, held_out, 64, collate, False))
-    _save_hf(rm, tokenizer, out/rm_folder(pooling)); return out/rm_folder(pooling), ev
+    folder = out/(name or rm_folder(pooling))
+    _save_hf(rm, tokenizer, folder); return folder, ev
 
 # %% ../nbs/14_pipeline.ipynb #f8b8e2f7
 @torch.no_grad()
@@ -301,6 +335,7 @@ def run_ppo(cfg: PipelineConfig, tokenizer, out: Path, sft_path: Path, rm_path: 
     actor, initial = Actor(pretrained=sft_path, **pos), Actor(pretrained=sft_path, **pos).requires_grad_(False)
     critic = Critic(pretrained=rm_path, use_action_mask=preset['models']['critic_use_action_mask'], **pos)
     reward_model = RM(pretrained=rm_path, **pos).requires_grad_(False)          # the pooling saved with it
+    reward_model = reward_source(cfg.reward_source, tokenizer, reward_model, cfg.gold_weight)   # 11b §1: rm, gold or mix
     prompts = PromptDataset(toy_data_path('prompts'), tokenizer, max_length=cfg.max_len)
     prompt_dl = _loader(strategy, prompts, cfg.experience_batch_size, DataCollatorForPromptDataset(tokenizer))
     ptx_dl = None
