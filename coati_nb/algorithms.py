@@ -194,8 +194,7 @@ def policy_gradient_loss(log_probs: torch.Tensor,     # (B, A) log π_θ of the 
         return _sequence_loss(log_ratio.sum(1), adv.view(-1) if adv.size(1) == 1 else masked_sum(adv, m) / mf.sum(1), eps_clip,
                               eps_clip if eps_clip_high is None else eps_clip_high)
     ratio = log_ratio.exp()
-    hi = eps_clip if eps_clip_high is None else eps_clip_high
-    surr1, surr2 = ratio * adv, ratio.clamp(1 - eps_clip, 1 + hi) * adv
+    surr1, surr2 = ratio * adv, ratio.clamp(1 - eps_clip, 1 + (eps_clip if eps_clip_high is None else eps_clip_high)) * adv
     per_token = -torch.min(surr1, surr2)                                                    # (B, A)
     kl = None
     if ref_log_probs is not None:
@@ -206,8 +205,7 @@ def policy_gradient_loss(log_probs: torch.Tensor,     # (B, A) log π_θ of the 
     loss = _aggregate(per_token, mf, loss_type, max_new_tokens)
     with torch.no_grad():
         n = mf.sum().clamp(min=1)
-        stats = {'clip_frac': ((surr2 != surr1).to(mf.dtype) * mf).sum() / n,
-                 'approx_kl': (((ratio - 1) - log_ratio) * mf).sum() / n,
+        stats = {'clip_frac': ((surr2 != surr1).to(mf.dtype) * mf).sum() / n, 'approx_kl': (((ratio - 1) - log_ratio) * mf).sum() / n,
                  'kl_ref': (kl * mf).sum() / n if kl is not None else torch.zeros(())}
     return loss, stats
 
