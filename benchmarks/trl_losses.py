@@ -66,9 +66,28 @@ def install_trl(target: Path = TRL_DIR, python: str = sys.executable) -> Path:
         if not (target / 'trl' / '__init__.py').is_file(): raise
     return target
 
+def missing_requirements(trl_dir: Path) -> list[str]:
+    "TRL's own requirements (its METADATA, extras left out) that this interpreter lacks or has in a version outside them."
+    import importlib.metadata as md
+    from packaging.requirements import Requirement
+    meta = next(trl_dir.glob('trl-*.dist-info/METADATA'), None)
+    if meta is None: return []
+    out = []
+    for line in meta.read_text(encoding='utf-8').splitlines():
+        if not line.startswith('Requires-Dist:'): continue
+        req = Requirement(line.split(':', 1)[1].strip())
+        if req.marker is not None and not req.marker.evaluate({'extra': ''}): continue
+        try: have = md.version(req.name)
+        except md.PackageNotFoundError: out.append(f'{req} (not installed)'); continue
+        if req.specifier and not req.specifier.contains(have, prereleases=True): out.append(f'{req} (have {have})')
+    return out
+
 def import_trl(trl_dir: Path):
-    "Import TRL from `trl_dir` (or from the interpreter if it already has it) and check its version."
-    if (trl_dir / 'trl' / '__init__.py').is_file(): sys.path.insert(0, str(trl_dir))
+    "Import TRL from `trl_dir` (or from the interpreter if it already has it) and check its version and requirements."
+    if (trl_dir / 'trl' / '__init__.py').is_file():
+        missing = missing_requirements(trl_dir)
+        if missing: raise SystemExit(f"TRL {TRL_VERSION} in {trl_dir} needs what {sys.executable} lacks: {'; '.join(missing)}")
+        sys.path.insert(0, str(trl_dir))
     try:
         with contextlib.redirect_stderr(io.StringIO()):            # bitsandbytes' note about an optional kernel package
             import trl
