@@ -16,7 +16,9 @@ from .lora import LoraRankError
 from .dataset import (DataFileError, DataCollatorForPreferenceDataset, DataCollatorForPromptDataset, DataCollatorForSupervisedDataset,
                               HhRlhfDataset, PromptDataset, RmStaticDataset, SFTDataset, SupervisedDataset, read_rows)
 from .models import MODEL_FAMILIES, family_class, saved_options, tiny_config
-from .pipeline import PipelineConfig, TextDataset, _save_hf, run_pipeline
+from .pipeline import SIZE_PRESETS, PipelineConfig, TextDataset, _save_hf, run_pipeline
+from .algorithms import REWARD_SOURCES
+from .ladder import LADDER, ladder_table, run_ladder
 from .strategies import _TORCHRUN_VARS, STRATEGY_NAMES, strategy_from_name
 from .tokenizer import load_tokenizer
 from .toy_task import toy_data_path
@@ -482,6 +484,8 @@ def train_prompts_cli(argv: list[str]|None = None) -> int:
     return 0
 
 # %% ../nbs/15_cli.ipynb #19763718
+_CHOICES = {'size': list(SIZE_PRESETS), 'reward_source': list(REWARD_SOURCES)}
+
 def pipeline_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog='coati_nb_pipeline', description='PT → SFT → RM → PPO on the bundled data, with the gold evaluation.')
     for f in fields(PipelineConfig):
@@ -489,21 +493,34 @@ def pipeline_parser() -> argparse.ArgumentParser:
         if kind == 'bool': p.add_argument(f'--{f.name}', action='store_true', default=f.default)
         elif f.name == 'ppo_preset': p.add_argument('--ppo_preset', choices=sorted(PPO_PRESETS), default=f.default)
         elif f.name == 'loss_fn': p.add_argument('--loss_fn', choices=('log_sig', 'log_exp'), default=f.default)
+        elif f.name in _CHOICES: p.add_argument(f'--{f.name}', choices=_CHOICES[f.name], default=f.default)
         elif kind in ('int', 'int|None'): p.add_argument(f'--{f.name}', type=_non_negative(int), default=f.default)
         elif kind == 'float': p.add_argument(f'--{f.name}', type=_non_negative(float), default=f.default)
         elif kind == 'float|None': p.add_argument(f'--{f.name}', type=_non_negative(float), default=f.default, help='default: the preset\'s')
         else: p.add_argument(f'--{f.name}', default=f.default)
     p.add_argument('--ablation', action='store_true', help='also run PPO with every preset and write the table')
+    p.add_argument('--ladder', action='store_true', help='instead of the demo: every rung of 14b_ladder from one SFT (ladder.json, ladder.md)')
+    p.add_argument('--rungs', type=lambda s: [r for r in s.split(',') if r], default=None,
+                   help=f"comma-separated rungs of --ladder (default: all: {','.join(LADDER)})")
+    p.add_argument('--max_eval_prompts', type=_non_negative(int), default=None, help='--ladder: evaluate on the first N held-out prompts')
     p.add_argument('--debug', action='store_true', help='print the full traceback of an error')
     return p
 
 @cli_errors('coati_nb_pipeline')
 def pipeline_cli(argv: list[str]|None = None) -> int:
     "coati_nb_pipeline: the whole run; prints the summary."
-    a = vars(pipeline_parser().parse_args(argv)); ablation = a.pop('ablation'); a.pop('debug')
+    a = vars(pipeline_parser().parse_args(argv)); ablation, ladder = a.pop('ablation'), a.pop('ladder'); a.pop('debug')
+    rungs, n_eval = a.pop('rungs'), a.pop('max_eval_prompts')
+    if (rungs or n_eval is not None) and not ladder: raise SystemExit("error: --rungs and --max_eval_prompts go with --ladder")
     try: cfg = PipelineConfig(**a)
     except ValueError as e: raise SystemExit(f"error: {e}") from None
+    bad = [r for r in rungs or [] if r not in LADDER]
+    if bad: raise SystemExit(f"error: --rungs: unknown rung(s) {bad}; the rungs are {list(LADDER)}")
     _check_writable(argparse.Namespace(out=cfg.out), 'out')
+    if ladder:
+        s = run_ladder(cfg, rungs, n_eval)
+        print(f"\n{ladder_table(s)}\n\n{len(s['rungs'])} rungs in {s['wall_seconds'] / 60:.1f} min; table: {Path(cfg.out)/'ladder.md'}")
+        return 0
     s = run_pipeline(cfg, ablation=ablation)
     iv = s['gold_gain_interval']
     print(f"\ngold reward SFT {s['gold_reward_sft']:.3f} -> PPO {s['gold_reward_ppo']:.3f}  (gain {iv['mean']:+.3f}, 95% [{iv['low']:+.3f}, {iv['high']:+.3f}])")
