@@ -13,7 +13,7 @@ PY    := $(VENV)/bin/python
 BIN   := $(VENV)/bin
 STAMP := $(VENV)/.coati_nb-installed
 
-.PHONY: install test demo sync-check nbtest pytest test-slow nb-one hooks export readme lab clean browser colossalai docs docs-images
+.PHONY: ladder install test demo sync-check nbtest pytest test-slow nb-one hooks export readme lab clean browser colossalai docs docs-images
 
 $(STAMP): settings.ini setup.py
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -75,6 +75,16 @@ nb-one: $(STAMP)
 ## The main job
 demo: $(STAMP)
 	$(BIN)/coati_nb_pipeline --out $(DEMO_OUT)
+
+## The algorithm ladder (14b_ladder) on clean demonstrations: every rung from one SFT model (tens of minutes on 2 cores,
+## resumable with LADDER_FLAGS=--resume); then its table and plot are copied to docs/ for the README
+LADDER_OUT   ?= runs/ladder
+LADDER_FLAGS ?=
+ladder: $(STAMP)
+	$(BIN)/coati_nb_pipeline --ladder --sft_noise 0 --out $(LADDER_OUT) $(LADDER_FLAGS)
+	mkdir -p docs/ladder docs/images
+	cp $(LADDER_OUT)/ladder.json docs/ladder/ladder.json
+	cp $(LADDER_OUT)/plots/ladder.png docs/images/ladder.png
 
 ## The notebooks as a static site a learner reads before running (_site/, not committed): every notebook executed in a
 ## kernel (the cells tests/test_notebooks_kernel.py skips are shown, not run) and rendered to HTML, plus _site/index.html.
