@@ -10,6 +10,9 @@
    N = parameters without the input token-embedding table (a lookup, not a matmul; the untied LM head is a matmul
    and is counted), L = layers, d = hidden size, S = the batch's padded sequence length. Every position of the
    padded (B, S) batch is counted, since the hardware computes them all; the share of real tokens is printed.
+Every rate is given per wall second and per second of the process's CPU time (`time.process_time`, all threads): on
+a machine shared with other jobs the wall figures fall with the load, the CPU-time ones much less (threads that spin
+while waiting for a busy sibling still count, so the 2-thread CPU figure is a lower bound).
 
 Two models: a ~20 M-parameter tiny LLaMA (hidden 512, 7 layers), where matmuls dominate, and the demo's default size
 (`PipelineConfig()`: hidden 128, 4 layers), where per-operation overhead does.
@@ -35,16 +38,17 @@ FORMULA = '6*N_non_embedding + 12*n_layers*d*seq per token (PaLM MFU, Chowdhery 
 
 
 def matmul_peak(sizes: list[int], repeats: int) -> dict:
-    "Best float32 torch.mm FLOP/s for each n in `sizes` (2·n³ FLOPs per product) and the best of them."
-    by = {}
+    "Best float32 torch.mm FLOP/s for each n in `sizes` (2·n³ FLOPs per product) and the best of them, per wall and per CPU second."
+    by, by_cpu = {}, {}
     for n in sizes:
         a, b = torch.randn(n, n), torch.randn(n, n)
         torch.mm(a, b)                                                     # warm-up
-        best = float('inf')
+        best = best_cpu = float('inf')
         for _ in range(repeats):
-            t = time.perf_counter(); torch.mm(a, b); best = min(best, time.perf_counter() - t)
-        by[n] = 2 * n ** 3 / best
-    return {'by_size': by, 'peak': max(by.values())}
+            t, c = time.perf_counter(), time.process_time(); torch.mm(a, b)
+            best, best_cpu = min(best, time.perf_counter() - t), min(best_cpu, time.process_time() - c)
+        by[n], by_cpu[n] = 2 * n ** 3 / best, 2 * n ** 3 / max(best_cpu, 1e-9)
+    return {'by_size': by, 'peak': max(by.values()), 'by_size_cpu': by_cpu, 'peak_cpu': max(by_cpu.values())}
 
 
 def build_model(tok, hidden: int, layers: int, heads: int, max_len: int, seed: int = 0):
@@ -62,10 +66,11 @@ def model_counts(model) -> dict:
 
 
 class _StepTimes(Callback):
-    "Wall time of every optimizer step (from fit's start or the previous step's end)."
-    def on_fit_start(self, trainer): self.t, self.times = time.perf_counter(), []
+    "Wall time and process CPU time (all threads) of every optimizer step (from fit's start or the previous step's end)."
+    def on_fit_start(self, trainer): self.t, self.c, self.times, self.cpu = time.perf_counter(), time.process_time(), [], []
     def on_step_end(self, trainer, step, metrics):
-        now = time.perf_counter(); self.times.append(now - self.t); self.t = now
+        now, c = time.perf_counter(), time.process_time()
+        self.times.append(now - self.t); self.cpu.append(c - self.c); self.t, self.c = now, c
 
 
 def sft_throughput(model, batches: list[dict], warmup: int, cfg: dict, n_non_emb: int) -> dict:
@@ -75,12 +80,13 @@ def sft_throughput(model, batches: list[dict], warmup: int, cfg: dict, n_non_emb
     SFTTrainer(model, NaiveStrategy(seed=0), opt, None, max_epochs=1, accumulation_steps=1, max_norm=1.0,
                callbacks=[timer]).fit(batches)
     if len(timer.times) != len(batches): raise RuntimeError(f"{len(batches)} batches gave {len(timer.times)} steps")
-    flops = tokens = real = secs = 0.0
-    for b, dt in list(zip(batches, timer.times))[warmup:]:
+    flops = tokens = real = secs = cpu = 0.0
+    for b, dt, dc in list(zip(batches, timer.times, timer.cpu))[warmup:]:
         B, S = b['input_ids'].shape
         flops += B * S * (6 * n_non_emb + 12 * cfg['layers'] * cfg['hidden'] * S)
-        tokens += B * S; real += float(b['attention_mask'].sum()); secs += dt
-    return {'flops_per_s': flops / secs, 'tokens_per_s': tokens / secs, 's_per_step': secs / (len(batches) - warmup),
+        tokens += B * S; real += float(b['attention_mask'].sum()); secs += dt; cpu += dc
+    return {'flops_per_s': flops / secs, 'flops_per_cpu_s': flops / max(cpu, 1e-9), 'tokens_per_s': tokens / secs,
+            's_per_step': secs / (len(batches) - warmup), 'cpu_s_per_step': cpu / (len(batches) - warmup),
             'tokens_per_step': tokens / (len(batches) - warmup), 'real_token_share': real / tokens,
             'step_times': timer.times}
 
@@ -153,6 +159,7 @@ def main(argv=None):
             model = build_model(tok, c['hidden'], c['layers'], c['heads'], a.max_len)
             r = sft_throughput(model, batches, a.warmup, c, m['non_embedding'])
             r['mfu'] = r['flops_per_s'] / res['peak'][t]['peak']
+            r['mfu_cpu'] = r['flops_per_cpu_s'] / res['peak'][t]['peak_cpu']
             m['runs'][t] = r
     res['machine']['load_after'] = _load()
 
@@ -166,17 +173,21 @@ def main(argv=None):
     b0 = batches[a.warmup:]
     print(f"SFT batches: {a.steps} measured after {a.warmup} warm-up, batch {a.batch_size}, mean padded length "
           f"{statistics.mean(b['input_ids'].shape[1] for b in b0):.1f}")
-    print(f"{'threads':>7s} {'matmul peak GFLOP/s':>20s} {'model':>6s} {'s/step':>8s} {'tokens/s':>9s} "
-          f"{'GFLOP/s':>8s} {'MFU':>7s}")
+    print("wall: FLOP/s of elapsed time; CPU: FLOP per second of the process's CPU time (all threads), which other jobs on a")
+    print("shared machine do not inflate. MFU = model FLOP/s / matmul peak, each of the same kind and thread count.")
+    print(f"{'threads':>7s} {'model':>6s} {'s/step':>8s} {'tokens/s':>9s} {'GFLOP/s':>8s} {'peak':>7s} {'MFU':>6s} "
+          f"{'CPU s/step':>10s} {'GFLOP/CPU-s':>11s} {'peak':>7s} {'MFU CPU':>7s}")
     for t in threads:
         pk = res['peak'][t]
         for name, m in res['models'].items():
             r = m['runs'][t]
-            print(f"{t:7d} {pk['peak'] / 1e9:20.1f} {name:>6s} {r['s_per_step']:8.3f} {r['tokens_per_s']:9.0f} "
-                  f"{r['flops_per_s'] / 1e9:8.2f} {r['mfu']:7.3f}")
-        print(f"{'':7s} matmul GFLOP/s by n: " + ', '.join(f"{n}: {v / 1e9:.1f}" for n, v in pk['by_size'].items()))
+            print(f"{t:7d} {name:>6s} {r['s_per_step']:8.3f} {r['tokens_per_s']:9.0f} {r['flops_per_s'] / 1e9:8.2f} "
+                  f"{pk['peak'] / 1e9:7.1f} {r['mfu']:6.3f} {r['cpu_s_per_step']:10.3f} {r['flops_per_cpu_s'] / 1e9:11.2f} "
+                  f"{pk['peak_cpu'] / 1e9:7.1f} {r['mfu_cpu']:7.3f}")
+        print(f"{'':7s} matmul GFLOP/s by n (wall): " + ', '.join(f"{n}: {v / 1e9:.1f}" for n, v in pk['by_size'].items()))
+        print(f"{'':7s} matmul GFLOP/CPU-s by n:    " + ', '.join(f"{n}: {v / 1e9:.1f}" for n, v in pk['by_size_cpu'].items()))
         lg, dm = res['models']['large']['runs'][t], res['models']['demo']['runs'][t]
-        print(f"{'':7s} MFU ratio large/demo: {lg['mfu'] / dm['mfu']:.2f}")
+        print(f"{'':7s} MFU ratio large/demo: wall {lg['mfu'] / dm['mfu']:.2f}, CPU {lg['mfu_cpu'] / dm['mfu_cpu']:.2f}")
     if len(threads) > 1:
         t0, t1 = threads[0], threads[-1]
         for name, m in res['models'].items():

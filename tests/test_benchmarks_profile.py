@@ -73,10 +73,11 @@ def test_mfu_fraction_and_parameter_count(tmp_path):
         assert m['parameters'] == n and f"{name}: hidden {h}, {l} layers, {nh} heads; parameters: {n:,}" in r.stdout
         assert 0 < m['non_embedding'] < m['parameters']
         run = m['runs']['1']
-        assert 0 < run['mfu'] <= 1, run['mfu']
+        assert 0 < run['mfu'] <= 1 and 0 < run['mfu_cpu'] <= 1, (run['mfu'], run['mfu_cpu'])
         assert run['mfu'] == pytest.approx(run['flops_per_s'] / res['peak']['1']['peak'])
+        assert run['mfu_cpu'] == pytest.approx(run['flops_per_cpu_s'] / res['peak']['1']['peak_cpu'])
         assert len(run['step_times']) == 3 and all(t > 0 for t in run['step_times'])
-    assert re.search(r'^\s+1\s+[\d.]+\s+large\s', r.stdout, re.M) and 'MFU ratio large/demo' in r.stdout
+    assert re.search(r'^\s+1\s+large\s+[\d.]+\s', r.stdout, re.M) and 'MFU ratio large/demo' in r.stdout
 
 
 def _script(name: str):
