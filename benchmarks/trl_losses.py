@@ -28,7 +28,13 @@ The TRL side is TRL's own code, not a re-typing of its formulas:
   `GroupExperienceMaker.make_experience` with stand-in actor, reference and reward models returning the same.
 - RLOO loss: `RLOOTrainer._compute_loss`.
 - End to end: both sides' log-probs of one tiny float64 LLaMA (TRL's `_get_per_token_logps_and_entropies`, coati_nb's
-  `Actor`) and both DPO losses on that model.
+  `Actor`; with and without left padding, and at a sampling temperature) and both DPO losses on that model.
+
+Known differences (second table): TRL 1.12's 'sigmoid' DPO ignores label_smoothing (coati_nb's ε is cDPO's; TRL's
+'robust' is another formula); coati_nb's DPOTrainer logs IPO's rewards from token-mean log-probs, TRL from sums;
+TRL's 'dapo' divides by the tokens of the whole generation batch, coati_nb's by the micro-batch's; TRL's default
+KL ratio correction (coati_nb: kl_ratio_correction=False by default); TRL's scale_rewards='batch'; the KL at a
+temperature other than 1.
 
 Runs on CPU in a few seconds after TRL's import; every case is seeded.
 """
@@ -552,10 +558,27 @@ def run_end_to_end(table: Table, side: TRLSide):
                 # TRL passes no position ids (0..S−1 count the left padding), coati_nb's Actor derives them from the
                 # attention mask by default: the same for LLaMA, whose rotary positions only see differences
                 table.add('log-probs of the answer tokens', name, c_lp[m], t_lp[m])
-    # DPO end to end: TRL's DPOTrainer on the model and a copy as the reference vs coati_nb's sequence_log_probs + dpo_loss
+    # a reference: the same model, slightly moved
     ref_lm = LlamaForCausalLM.from_pretrained(side.lm_dir).double().eval()
     with torch.no_grad():
         for p in ref_lm.parameters(): p.add_(torch.randn(p.shape, generator=g, dtype=p.dtype) * 0.02)
+    # sampling at temperature 0.7: TRL divides every log-prob's logits by it (policy, old and reference); coati_nb's
+    # Actor does for the ratio (the sampling log-probs), and takes the KL from the unprocessed log-probs
+    tr = side.grpo_trainer(batch=B, group=2, beta=0.04, max_completion_length=A, temperature=0.7)
+    tr.model = lm
+    with torch.no_grad():
+        t_lp, t_ref = (tr._get_per_token_logps_and_entropies(x, seq, am, A)[0] for x in (lm, ref_lm))
+        c_lp = Actor(lm)(seq, A, am, temperature=0.7)
+        c_raw, c_ref = Actor(lm)(seq, A, am), Actor(ref_lm)(seq, A, am)
+    m = cmask.bool()
+    name = f"tiny LLaMA fp64, temperature 0.7 (TRL GRPOConfig.temperature, coati_nb Actor(..., temperature=0.7)), left-padded prompts"
+    table.add('log-probs of the answer tokens', name, c_lp[m], t_lp[m])
+    table.note('k1 KL to the reference, per answer (Σ_t)', 'tiny LLaMA fp64, temperature 0.7',
+               ((c_raw - c_ref) * m).sum(1), ((t_lp - t_ref) * m).sum(1),
+               "TRL 1.12 scales the reference's logits by the sampling temperature too, so its KL (RLOO's reward, GRPO's "
+               "loss) is between the tempered distributions; coati_nb's GroupExperienceMaker takes the KL from the "
+               "unprocessed log-probs of both models. Same at temperature 1")
+    # DPO end to end: TRL's DPOTrainer on the model and a copy as the reference vs coati_nb's sequence_log_probs + dpo_loss
     B, L, P = 3, 12, 4
     ids = torch.randint(3, 200, (2 * B, L), generator=g)
     lens = torch.cat([random_lengths(g, B, L - P), random_lengths(g, B, L - P, 2)])

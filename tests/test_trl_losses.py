@@ -84,5 +84,5 @@ def test_the_table_covers_every_case(result):
     assert any('β=0.0 ' in c for c in rloo) and any('β=0.05' in c for c in rloo)
     assert by('rloo: advantages (group_advantages)')
     assert len(by('rloo: loss')) == len(by('rloo: d loss / d log-probs')) >= 3 and any('off-policy' in c for c in by('rloo: loss'))
-    assert len(by('log-probs of the answer tokens')) == 3 and len(by('dpo: loss (batch mean), tiny LLaMA fp64')) == 2
+    assert len(by('log-probs of the answer tokens')) == 4 and len(by('dpo: loss (batch mean), tiny LLaMA fp64')) == 2
     for x in data['known']: assert x['why'], x                                    # every known difference is explained
