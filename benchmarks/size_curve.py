@@ -18,7 +18,8 @@ from coati_nb.tokenizer import load_tokenizer
 from coati_nb.utils import atomic_write
 from coati_nb.toy_task import toy_data_path
 
-DEFAULT_GRID = ['128,4,4,2,2', '128,4,4,2,6', '192,4,4,2,6', '256,4,8,2,6', '256,6,8,2,6', '384,6,6,2,6']
+DEFAULT_GRID = ['128,4,4,2,2', '128,4,4,2,6', '128,4,4,2,12', '192,4,4,2,6', '256,4,8,2,6', '256,4,8,2,6,sft_lr=1e-3',
+                '256,4,8,2,6,pt_lr=1e-3,sft_lr=1e-3']   # the points in benchmarks/results/size_curve.json
 
 
 def plot(records: list[dict], path: Path):
