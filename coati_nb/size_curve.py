@@ -146,7 +146,7 @@ def size_table(records: list[dict]) -> str:
                      f"{r['greedy_exact']:>7.3f}{r['greedy_correct']:>8.3f}{r['greedy_gold_reward']:>+8.3f}")
     return '\n'.join(lines)
 
-# %% ../nbs/14a_model_size.ipynb #172434cf
+# %% ../nbs/14a_model_size.ipynb #0fb9aa14
 def pick_preset(records: list[dict],       # measured points (`measure_point`)
                 budget_cpu_min: float,     # the most PT+SFT CPU minutes the preset may take
                 tolerance: float = 0.03,   # points this close to the best exact share count as equally good
