@@ -78,13 +78,14 @@ demo: $(STAMP)
 
 ## The algorithm ladder (14b_ladder) on clean demonstrations: every rung from one SFT model (tens of minutes on 2 cores,
 ## resumable with LADDER_FLAGS=--resume); then its table and plot are copied to docs/ for the README
-LADDER_OUT   ?= runs/ladder
+LADDER_NAME  ?= ladder
+LADDER_OUT   ?= runs/$(LADDER_NAME)
 LADDER_FLAGS ?=
 ladder: $(STAMP)
 	$(BIN)/coati_nb_pipeline --ladder --sft_noise 0 --out $(LADDER_OUT) $(LADDER_FLAGS)
 	mkdir -p docs/ladder docs/images
-	cp $(LADDER_OUT)/ladder.json docs/ladder/ladder.json
-	cp $(LADDER_OUT)/plots/ladder.png docs/images/ladder.png
+	cp $(LADDER_OUT)/ladder.json docs/ladder/$(LADDER_NAME).json
+	cp $(LADDER_OUT)/plots/ladder.png docs/images/$(LADDER_NAME).png
 
 ## The notebooks as a static site a learner reads before running (_site/, not committed): every notebook executed in a
 ## kernel (the cells tests/test_notebooks_kernel.py skips are shown, not run) and rendered to HTML, plus _site/index.html.

@@ -263,7 +263,7 @@ def write_ladder_table(out: Path, summary: dict) -> Path:
     head = [f"# coati_nb ladder ({summary['n_eval_prompts']} held-out prompts, seed {c['seed']}, size {c['size']}, "
             f"sft_noise {c['sft_noise']}, {summary['wall_seconds'] / 60:.0f} min)", '',
             'Gains are paired differences against the SFT model on the same prompts; correctness gains in percentage points.', '']
-    with atomic_write(Path(out)/'ladder.md') as p: p.write_text('\n'.join(head) + ladder_table(summary) + '\n', encoding='utf-8')
+    with atomic_write(Path(out)/'ladder.md') as p: p.write_text('\n'.join(head) + '\n' + ladder_table(summary) + '\n', encoding='utf-8')
     return Path(out)/'ladder.md'
 
 # %% ../nbs/14b_ladder.ipynb #2567fdcb

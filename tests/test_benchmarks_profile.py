@@ -102,7 +102,7 @@ def test_bad_flags_are_named(script, args, msg, capsys):
     assert e.value.code == 2 and msg in capsys.readouterr().err
 
 
-def test_default_sizes_are_the_demo_and_small():
+def test_default_sizes_are_the_demo_and_the_wide_model():
     a = _script('profile_ppo.py').parse_args([])
-    assert list(a.sizes) == ['default', 'small'] and a.sizes['default'] == {} and a.min_new_tokens == a.max_new_tokens == 16
-    assert {'hidden_size', 'num_layers', 'num_heads'} <= set(a.sizes['small'])
+    assert list(a.sizes) == ['default', 'wide'] and a.sizes['default'] == {} and a.min_new_tokens == a.max_new_tokens == 16
+    assert a.sizes['wide'] == dict(hidden_size=256, num_layers=4, num_heads=8) and 'costs the default' in a.preset_source
