@@ -30,10 +30,14 @@ def plot(records: list[dict], path: Path):
     xs = [r['parameters'] / 1e6 for r in records]; ys = [r['greedy_exact'] for r in records]
     mins = [r['cpu_s'] / 60 for r in records]
     sc = ax.scatter(xs, ys, c=mins, s=[40 + 6 * m for m in mins], cmap='viridis', edgecolors='k')
-    for r, x, y in zip(records, xs, ys): ax.annotate(f"{r['overrides']['hidden_size']}/{r['overrides']['num_layers']}L sft{r['overrides']['sft_epochs']}",
-                                                    (x, y), fontsize=7, xytext=(4, 3), textcoords='offset points')
+    seen = {}
+    for r, x, y in sorted(zip(records, xs, ys), key=lambda t: -t[2]):   # points at one size: labels stacked downwards
+        o = r['overrides']; n = seen[x] = seen.get(x, -1) + 1
+        extra = ','.join(f'{k}={v:g}' for k, v in o.items() if k not in ('hidden_size', 'num_layers', 'num_heads', 'pt_epochs', 'sft_epochs'))
+        ax.annotate(f"{o['hidden_size']}/{o['num_layers']}L sft{o['sft_epochs']}" + (f' {extra}' if extra else ''), (x, y), fontsize=7,
+                    xytext=(-6, 8 - 11 * n), textcoords='offset points', ha='right')
     fig.colorbar(sc, ax=ax, label='PT+SFT CPU minutes')
-    ax.set_xscale('log'); ax.set_xlabel('parameters (millions)'); ax.set_ylabel('SFT greedy exact-correct share')
+    ax.set_xlim(0, max(xs) * 1.1); ax.set_ylim(max(0, min(ys) - 0.06), min(1, max(ys) + 0.06)); ax.set_xlabel('parameters (millions)'); ax.set_ylabel('SFT greedy exact-correct share')
     ax.set_title('SFT correctness on the held-out prompts vs model size', fontsize=10); ax.grid(alpha=0.3)
     fig.tight_layout()
     with atomic_write(path) as tmp:
