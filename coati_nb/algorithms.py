@@ -46,7 +46,7 @@ class GoldReward(nn.Module):
     def split(self, ids: Sequence[int]) -> tuple[str, str, bool]:
         "(prompt text ending with the response tag, response text, ended with EOS) of one unpadded sequence."
         text = self.tokenizer.decode(list(ids), skip_special_tokens=True)
-        k = text.rfind(RESPONSE_TAG)
+        k = text.find(RESPONSE_TAG)          # the first tag ends the prompt; a model may write the tag again in its answer
         if k < 0: raise ValueError(f"GoldReward: no {RESPONSE_TAG!r} in the sequence {text[:80]!r}...: not a templated prompt")
         return text[:k + len(RESPONSE_TAG)], text[k + len(RESPONSE_TAG):], self.tokenizer.eos_token_id in ids
 
