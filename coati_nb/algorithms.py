@@ -4,7 +4,7 @@
 
 # %% ../nbs/11b_beyond_ppo.ipynb #92da7c83
 from __future__ import annotations
-import contextlib, copy, math
+import copy, math
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -18,11 +18,11 @@ from .experience_maker import (Experience, ExperienceMaker, approx_kl_per_token,
 from .prompts import RESPONSE_TAG, format_prompt, parse_prompt
 from .replay_buffer import NaiveReplayBuffer
 from .toy_task import gold_reward_terms, solve_instruction
-from .trainer.base import Callback, SLTrainer, Trainer, latest_checkpoint, load_checkpoint, save_checkpoint
+from .trainer.base import Callback, SLTrainer, Trainer
 from .trainer.ppo import (PPOTrainer, _capture_logits, _check_ppo_options, _ratio_stats, _unwrap, policy_entropy)
 from .loss import GPTLMLoss
 from .trainer.sft import lm_logits
-from .utils import log_probs_from_logits, masked_mean, masked_sum, module_device
+from .utils import log_probs_from_logits, masked_sum, module_device
 
 # %% auto #0
 __all__ = ['REWARD_SOURCES', 'DEGENERATE_KINDS', 'LOSS_TYPES', 'ALGORITHMS', 'DPO_LOSS_TYPES', 'GoldReward', 'MixedReward',
@@ -360,28 +360,9 @@ def _training_step(self: GRPOTrainer, experience: Experience) -> dict:
 
 # %% ../nbs/11b_beyond_ppo.ipynb #e176032b
 @patch
-def _checkpointed_models(self: GRPOTrainer) -> dict: return {'actor': _unwrap(self.strategy, self.actor)}
-
-@patch
-def _checkpoint(self: GRPOTrainer, episode: int, timestep: int) -> None:
-    "A complete checkpoint after an update: the actor, its optimizer, RNG and the stream positions."
-    if self.ckpt_dir is None: return
-    state = {'update_step': self.update_step, 'episode': episode, 'timestep': timestep,
-             'prompts': self._prompts.state_dict(), 'ptx': self._ptx.state_dict() if self._ptx is not None else None}
-    save_checkpoint(self.ckpt_dir, self.update_step, self._checkpointed_models(), {'actor': self.actor_optim}, state=state)
-    self.strategy.barrier()
-
-@patch
-def _resume(self: GRPOTrainer) -> tuple[int, int]:
-    "Load the newest checkpoint in ckpt_dir; returns the (episode, timestep) to continue from."
-    if self.ckpt_dir is None: raise ValueError("resume=True needs ckpt_dir")
-    ck = latest_checkpoint(self.ckpt_dir)
-    if ck is None: return 0, 0
-    st = load_checkpoint(ck, self._checkpointed_models(), {'actor': self.actor_optim})
-    self.update_step = self.global_step = st['update_step']
-    self._prompts.load_state_dict(st['prompts'])
-    if self._ptx is not None and st.get('ptx'): self._ptx.load_state_dict(st['ptx'])
-    return st['episode'], st['timestep'] + 1
+def _checkpointed_models(self: GRPOTrainer) -> dict:
+    "No critic: a checkpoint holds the actor (and, through PPOTrainer's _checkpointed_optimizers, its optimizer only)."
+    return {'actor': _unwrap(self.strategy, self.actor)}
 
 class RLOOTrainer(GRPOTrainer):
     "RLOO: GRPOTrainer with algorithm='rloo' (leave-one-out baseline, KL in the reward)."

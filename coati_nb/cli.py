@@ -512,6 +512,7 @@ def pipeline_cli(argv: list[str]|None = None) -> int:
     a = vars(pipeline_parser().parse_args(argv)); ablation, ladder = a.pop('ablation'), a.pop('ladder'); a.pop('debug')
     rungs, n_eval = a.pop('rungs'), a.pop('max_eval_prompts')
     if (rungs or n_eval is not None) and not ladder: raise SystemExit("error: --rungs and --max_eval_prompts go with --ladder")
+    if n_eval is not None and n_eval < 2: raise SystemExit(f"error: --max_eval_prompts must be >= 2 (a paired interval needs two prompts), got {n_eval}")
     try: cfg = PipelineConfig(**a)
     except ValueError as e: raise SystemExit(f"error: {e}") from None
     bad = [r for r in rungs or [] if r not in LADDER]

@@ -332,13 +332,18 @@ def _checkpointed_models(self: PPOTrainer) -> dict:
     return m
 
 @patch
+def _checkpointed_optimizers(self: PPOTrainer) -> dict:
+    "The optimizers a checkpoint holds (a trainer without a critic has one)."
+    return {'actor': self.actor_optim, 'critic': self.critic_optim} if self.critic_optim is not None else {'actor': self.actor_optim}
+
+@patch
 def _checkpoint(self: PPOTrainer, episode: int, timestep: int) -> None:
     "Write a complete checkpoint (models, optimizers, RNG, stream positions) after an update."
     if self.ckpt_dir is None: return
     state = {'update_step': self.update_step, 'episode': episode, 'timestep': timestep,
              'prompts': self._prompts.state_dict(), 'ptx': self._ptx.state_dict() if self._ptx is not None else None}
     save_checkpoint(self.ckpt_dir, self.update_step, self._checkpointed_models(),
-                    {'actor': self.actor_optim, 'critic': self.critic_optim}, state=state)
+                    self._checkpointed_optimizers(), state=state)
     self.strategy.barrier()
 
 @patch
@@ -347,7 +352,7 @@ def _resume(self: PPOTrainer) -> tuple[int, int]:
     if self.ckpt_dir is None: raise ValueError("resume=True needs ckpt_dir")
     ck = latest_checkpoint(self.ckpt_dir)
     if ck is None: return 0, 0
-    st = load_checkpoint(ck, self._checkpointed_models(), {'actor': self.actor_optim, 'critic': self.critic_optim})
+    st = load_checkpoint(ck, self._checkpointed_models(), self._checkpointed_optimizers())
     self.update_step = self.global_step = st['update_step']
     self._prompts.load_state_dict(st['prompts'])
     if self._ptx is not None and st.get('ptx'): self._ptx.load_state_dict(st['ptx'])
